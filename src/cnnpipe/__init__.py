@@ -1,0 +1,1 @@
+"""cnnpipe: a reproducible image-classification pipeline."""

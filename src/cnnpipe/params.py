@@ -1,0 +1,170 @@
+"""The typed schema of params.yaml: one section per stage, defaults in one place, validated once.
+
+A bad value stops a stage before any work with one line naming the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from cnnpipe.errors import CnnpipeError
+
+SHAPES = ("circle", "square", "triangle", "star", "pentagon", "hexagon", "ellipse", "cross")
+MODELS = ("lenet5", "resnet18", "efficientnet_b0", "densenet121")
+
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GenerateParams(Section):
+    """Where the raw images come from, and how the synthetic shapes look."""
+
+    source: Literal["shapes", "digits", "folder"] = "shapes"
+    folder: str = "data/own"
+    classes: list[Literal[SHAPES]] = Field(  # type: ignore[valid-type]
+        default=["circle", "square", "triangle", "star", "hexagon"], min_length=2
+    )
+    images_per_class: int = Field(default=300, ge=1)
+    image_size: int = Field(default=64, ge=16, le=1024)
+    seed: int = 0
+    min_scale: float = Field(default=0.3, gt=0.0, le=1.0)
+    max_scale: float = Field(default=0.9, gt=0.0, le=1.0)
+    max_rotation: float = Field(default=180.0, ge=0.0, le=360.0)
+    max_offset: Fraction = 0.25
+    random_colors: bool = True
+    noise: Fraction = 0.2
+    clutter: int = Field(default=3, ge=0, le=50)
+
+    @model_validator(mode="after")
+    def _scale_range(self) -> GenerateParams:
+        if self.min_scale > self.max_scale:
+            raise ValueError(
+                f"min_scale ({self.min_scale}) is above max_scale ({self.max_scale}); "
+                "set min_scale <= max_scale"
+            )
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"classes lists a class twice: {self.classes}; list each once")
+        return self
+
+
+class ProcessParams(Section):
+    """How raw images become model-ready tensors and splits."""
+
+    image_size: int = Field(default=32, ge=8, le=1024)
+    channels: Literal[1, 3] = 1
+    val_ratio: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.15
+    test_ratio: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.15
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _ratios(self) -> ProcessParams:
+        if self.val_ratio + self.test_ratio >= 1.0:
+            raise ValueError(
+                f"val_ratio + test_ratio = {self.val_ratio + self.test_ratio:g} leaves no "
+                "training data; keep their sum below 1"
+            )
+        return self
+
+
+class TrainParams(Section):
+    """The model and how it is trained."""
+
+    model: Literal[MODELS] = "lenet5"  # type: ignore[valid-type]
+    pretrained: bool = False
+    epochs: int = Field(default=15, ge=1)
+    batch_size: int = Field(default=64, ge=1)
+    learning_rate: float = Field(default=0.002, gt=0.0)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    momentum: Fraction = 0.9
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    lr_schedule: Literal["none", "cosine", "step"] = "cosine"
+    step_size: int = Field(default=5, ge=1)
+    gamma: float = Field(default=0.1, gt=0.0, le=1.0)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_threads: int = Field(default=0, ge=0)
+    mixed_precision: Literal["none", "bf16"] = "none"
+    channels_last: bool = False
+    augment: bool = False
+
+
+class EvaluateParams(Section):
+    """What the evaluation reports."""
+
+    batch_size: int = Field(default=256, ge=1)
+    max_misclassified: int = Field(default=36, ge=0, le=400)
+
+
+class PackageParams(Section):
+    """How the trained model is stored and shipped."""
+
+    model_name: str = Field(default="cnnpipe", pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    build: bool = True
+
+
+class Params(Section):
+    generate: GenerateParams = GenerateParams()
+    process: ProcessParams = ProcessParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    package: PackageParams = PackageParams()
+
+
+class ParamsError(CnnpipeError):
+    """params.yaml holds a value the schema does not allow."""
+
+
+def _describe(error: dict) -> str:
+    key = ".".join(str(p) for p in error["loc"])
+    value = error.get("input")
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    if kind == "extra_forbidden":
+        section, _, name = key.rpartition(".")
+        allowed = _field_names(section)
+        return f"{key}: unknown key {name!r}; allowed keys are {', '.join(allowed)}"
+    if kind == "literal_error":
+        return f"{key}: {value!r} is not allowed; choose one of {ctx.get('expected', '')}"
+    if kind == "value_error":
+        return f"{key or 'params'}: {error['msg'].removeprefix('Value error, ')}"
+    return f"{key}: {value!r} is invalid ({error['msg'].lower()})"
+
+
+def _field_names(dotted: str) -> list[str]:
+    model: type[BaseModel] = Params
+    for part in filter(None, dotted.split(".")):
+        annotation = model.model_fields[part].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def parse(raw: dict | None) -> Params:
+    """Validate a params mapping; raise ParamsError naming every bad key."""
+    try:
+        return Params.model_validate(raw or {})
+    except ValidationError as exc:
+        lines = [_describe(e) for e in exc.errors()]
+        raise ParamsError("params.yaml: " + "; ".join(lines)) from None
+
+
+def load(path: Path | None = None) -> Params:
+    """Read and validate params.yaml (the one in the current directory unless a path is given)."""
+    path = path or Path("params.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: not found; run the stage from the project root") from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML ({exc}); fix the syntax") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    return parse(raw)

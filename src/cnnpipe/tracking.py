@@ -1,0 +1,180 @@
+"""MLflow tracking: one run per trained model, shared by the train and evaluate stages.
+
+The store defaults to `sqlite:///<project root>/mlflow.db`, the project root being DVC's own also
+inside a temporary experiment copy, so every run lands where `mlflow ui` in the root reads.
+`MLFLOW_TRACKING_URI` overrides it. Tracking never breaks a stage: the first failure prints one
+warning and the run goes quiet.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from cnnpipe.project import git_revision, project_root
+
+EXPERIMENT = "cnnpipe"
+MODEL_HASH_TAG = "cnnpipe.model_sha256"
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
+
+
+def flatten(sections: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"train": {"epochs": 3}} -> {"train.epochs": 3}; lists become comma-separated strings."""
+    flat: dict[str, Any] = {}
+    for key, value in sections.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        elif isinstance(value, list | tuple):
+            flat[name] = ",".join(map(str, value))
+        else:
+            flat[name] = value
+    return flat
+
+
+def dvc_tags() -> dict[str, str]:
+    """The git commit and DVC experiment a stage runs under."""
+    tags = {"git_commit": git_revision() or "unknown"}
+    if name := os.environ.get("DVC_EXP_NAME"):
+        tags["dvc_exp_name"] = name
+    if baseline := os.environ.get("DVC_EXP_BASELINE_REV"):
+        tags["dvc_exp_baseline_rev"] = baseline
+    return tags
+
+
+class Run:
+    """An MLflow run that warns once and goes quiet instead of raising."""
+
+    def __init__(self) -> None:
+        self.run_id: str | None = None
+        self.failed = False
+
+    def _guard(self, what: str, action: Callable[[], Any]) -> Any:
+        if self.failed:
+            return None
+        try:
+            return action()
+        except Exception as exc:  # tracking is best-effort by design
+            self.failed = True
+            print(
+                f"warning: MLflow tracking at {tracking_uri()} failed while {what} ({exc}); "
+                "training goes on without tracking",
+                file=sys.stderr,
+            )
+            return None
+
+    def _client(self):
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        import mlflow
+
+        mlflow.set_tracking_uri(tracking_uri())
+        return mlflow.MlflowClient()
+
+    @classmethod
+    def start(cls, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> Run:
+        run = cls()
+
+        def begin() -> None:
+            client = run._client()
+            experiment = client.get_experiment_by_name(EXPERIMENT)
+            experiment_id = (
+                experiment.experiment_id if experiment else client.create_experiment(EXPERIMENT)
+            )
+            created = client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
+            run.run_id = created.info.run_id
+            from mlflow.entities import Param
+
+            items = [Param(k, str(v)) for k, v in flatten(params).items()]
+            for i in range(0, len(items), 100):
+                client.log_batch(run.run_id, params=items[i : i + 100])
+
+        run._guard("starting a run", begin)
+        return run
+
+    @classmethod
+    def find(cls, model_hash: str) -> Run:
+        """The latest run whose model has this hash (the training that produced it)."""
+        run = cls()
+
+        def search() -> None:
+            client = run._client()
+            experiment = client.get_experiment_by_name(EXPERIMENT)
+            found = client.search_runs(
+                [experiment.experiment_id] if experiment else [],
+                filter_string=f"tags.`{MODEL_HASH_TAG}` = '{model_hash}'",
+                order_by=["attributes.start_time DESC"],
+                max_results=1,
+            )
+            if not found:
+                raise LookupError(f"no run is tagged with model hash {model_hash[:12]}")
+            run.run_id = found[0].info.run_id
+
+        run._guard("finding the training run", search)
+        return run
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        def log() -> None:
+            from mlflow.entities import Metric
+
+            now = int(time.time() * 1000)
+            batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+            self._client().log_batch(self.run_id, metrics=batch)
+
+        self._active("logging metrics", log)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self._active(
+            f"logging {path}",
+            lambda: self._client().log_artifact(self.run_id, str(path), artifact_path),
+        )
+
+    def log_dict(self, data: dict, name: str) -> None:
+        self._active(f"logging {name}", lambda: self._client().log_dict(self.run_id, data, name))
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        def tag() -> None:
+            client = self._client()
+            for key, value in tags.items():
+                client.set_tag(self.run_id, key, value)
+
+        self._active("tagging the run", tag)
+
+    def log_model(self, model, input_example) -> None:
+        """The model with its signature inferred from an input example."""
+
+        def log() -> None:
+            import mlflow
+
+            self._client()
+            with mlflow.start_run(run_id=self.run_id):
+                mlflow.pytorch.log_model(
+                    model,
+                    name="model",
+                    input_example=input_example,
+                    pip_requirements=_requirements(),
+                )
+
+        self._active("logging the model", log)
+
+    def end(self, status: str = "FINISHED") -> None:
+        self._active("ending the run", lambda: self._client().set_terminated(self.run_id, status))
+
+    def _active(self, what: str, action: Callable[[], Any]) -> None:
+        if self.run_id is not None:
+            self._guard(what, action)
+
+
+def _requirements() -> list[str]:
+    import torch
+    import torchvision
+
+    strip = lambda v: v.split("+")[0]  # noqa: E731
+    return [f"torch=={strip(torch.__version__)}", f"torchvision=={strip(torchvision.__version__)}"]

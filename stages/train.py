@@ -1,0 +1,77 @@
+"""Stage 3: train the model in params `train` on data/processed; keep the best-on-validation weights.
+
+Writes models/model.pt, per-epoch metrics under metrics/train (dvclive), and an MLflow run.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from dvclive import Live
+
+from cnnpipe import checkpoint, datasets, models, params, preprocess, stage, training
+from cnnpipe.tracking import MODEL_HASH_TAG, Run, dvc_tags
+
+PROCESSED, MODEL, LIVE_DIR = Path("data/processed"), Path("models/model.pt"), "metrics/train"
+
+
+def main() -> None:
+    all_params = params.load()
+    p = all_params.train
+    meta = datasets.Meta.read(PROCESSED)
+    train, val = datasets.read_split(PROCESSED, "train"), datasets.read_split(PROCESSED, "val")
+    device = training.select_device(p.device)
+    training.make_deterministic(p.seed, p.num_threads)
+    model = models.build(p.model, meta.channels, len(meta.classes), meta.image_size, p.pretrained)
+    stage.progress(
+        f"train: {p.model} ({models.count_parameters(model):,} parameters) on {device}, "
+        f"{len(train.labels)} train / {len(val.labels)} val images, {p.epochs} epochs"
+    )
+
+    run_name = dvc_tags().get("dvc_exp_name") or f"{p.model}"
+    run = Run.start(run_name, all_params.model_dump(), dvc_tags())
+    with Live(LIVE_DIR, dvcyaml=False, save_dvc_exp=False, report=None) as live:
+
+        def on_epoch(m: training.EpochMetrics) -> None:
+            values = {
+                "train_loss": m.train_loss,
+                "train_accuracy": m.train_accuracy,
+                "val_loss": m.val_loss,
+                "val_accuracy": m.val_accuracy,
+            }
+            for name, value in values.items():
+                live.log_metric(name, round(value, 6))
+            live.next_step()
+            run.log_metrics({**values, "learning_rate": m.learning_rate, "epoch_seconds": m.seconds}, step=m.epoch)
+            stage.progress(
+                f"train: epoch {m.epoch}/{p.epochs} loss {m.train_loss:.4f} acc {m.train_accuracy:.3f} | "
+                f"val loss {m.val_loss:.4f} acc {m.val_accuracy:.3f} | {m.images_per_second:.0f} img/s"
+            )
+
+        model, result = training.fit(model, train, val, meta.mean, meta.std, p, device, on_epoch)
+        live.summary.update({"best_epoch": result.best_epoch})
+
+    info = checkpoint.ModelInfo(p.model, meta.classes, meta.image_size, meta.channels, meta.mean, meta.std)
+    extra = {"params": p.model_dump(), "best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy}
+    checkpoint.save(MODEL, model, info, extra)
+    model_hash = checkpoint.file_hash(MODEL)
+    run.set_tags({MODEL_HASH_TAG: model_hash})
+    run.log_metrics(
+        {
+            "best_val_accuracy": result.best_val_accuracy,
+            "best_epoch": result.best_epoch,
+            "train_seconds": result.train_seconds,
+            "parameters": models.count_parameters(model),
+            "model_bytes": MODEL.stat().st_size,
+        }
+    )
+    example = preprocess.normalize(torch.from_numpy(np.asarray(val.images[:1])), meta.mean, meta.std)
+    run.log_model(model, example.numpy())
+    stage.progress(
+        f"train: best val accuracy {result.best_val_accuracy:.4f} at epoch {result.best_epoch} "
+        f"-> {MODEL} (sha256 {model_hash[:12]}), {result.train_seconds:.1f}s training"
+    )
+
+
+if __name__ == "__main__":
+    stage.run(main)
