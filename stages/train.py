@@ -42,7 +42,10 @@ def main() -> None:
             for name, value in values.items():
                 live.log_metric(name, round(value, 6))
             live.next_step()
-            run.log_metrics({**values, "learning_rate": m.learning_rate, "epoch_seconds": m.seconds}, step=m.epoch)
+            run.log_metrics(
+                {**values, "learning_rate": m.learning_rate, "epoch_seconds": m.seconds},
+                step=m.epoch,
+            )
             stage.progress(
                 f"train: epoch {m.epoch}/{p.epochs} loss {m.train_loss:.4f} acc {m.train_accuracy:.3f} | "
                 f"val loss {m.val_loss:.4f} acc {m.val_accuracy:.3f} | {m.images_per_second:.0f} img/s"
@@ -51,8 +54,14 @@ def main() -> None:
         model, result = training.fit(model, train, val, meta.mean, meta.std, p, device, on_epoch)
         live.summary.update({"best_epoch": result.best_epoch})
 
-    info = checkpoint.ModelInfo(p.model, meta.classes, meta.image_size, meta.channels, meta.mean, meta.std)
-    extra = {"params": p.model_dump(), "best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy}
+    info = checkpoint.ModelInfo(
+        p.model, meta.classes, meta.image_size, meta.channels, meta.mean, meta.std
+    )
+    extra = {
+        "params": p.model_dump(),
+        "best_epoch": result.best_epoch,
+        "best_val_accuracy": result.best_val_accuracy,
+    }
     checkpoint.save(MODEL, model, info, extra)
     model_hash = checkpoint.file_hash(MODEL)
     run.set_tags({MODEL_HASH_TAG: model_hash})
@@ -65,7 +74,7 @@ def main() -> None:
             "model_bytes": MODEL.stat().st_size,
         }
     )
-    example = preprocess.normalize(torch.from_numpy(np.asarray(val.images[:1])), meta.mean, meta.std)
+    example = preprocess.normalize(torch.from_numpy(np.array(val.images[:1])), meta.mean, meta.std)
     run.log_model(model, example.numpy())
     stage.progress(
         f"train: best val accuracy {result.best_val_accuracy:.4f} at epoch {result.best_epoch} "

@@ -21,15 +21,17 @@ class LeNet5(nn.Module):
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, 6, kernel_size=5),  # C1: 32 -> 28
-            nn.Tanh(),
+            nn.ReLU(),
             nn.AvgPool2d(2),  # S2: 28 -> 14
             nn.Conv2d(6, 16, kernel_size=5),  # C3: 14 -> 10
-            nn.Tanh(),
+            nn.ReLU(),
             nn.AvgPool2d(2),  # S4: 10 -> 5
             nn.Conv2d(16, 120, kernel_size=5),  # C5: 5 -> 1
-            nn.Tanh(),
+            nn.ReLU(),
         )
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(120, 84), nn.Tanh(), nn.Linear(84, num_classes))
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, num_classes)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
@@ -54,9 +56,7 @@ def _adapt_first_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
     return new
 
 
-def _torchvision(
-    name: str, in_channels: int, num_classes: int, pretrained: bool
-) -> nn.Module:
+def _torchvision(name: str, in_channels: int, num_classes: int, pretrained: bool) -> nn.Module:
     builder = getattr(tv, name)
     if not pretrained:
         model = builder(weights=None, num_classes=num_classes)

@@ -31,16 +31,16 @@ class GenerateParams(Section):
     classes: list[Literal[SHAPES]] = Field(  # type: ignore[valid-type]
         default=["circle", "square", "triangle", "star", "hexagon"], min_length=2
     )
-    images_per_class: int = Field(default=300, ge=1)
+    images_per_class: int = Field(default=500, ge=1)
     image_size: int = Field(default=64, ge=16, le=1024)
     seed: int = 0
-    min_scale: float = Field(default=0.3, gt=0.0, le=1.0)
+    min_scale: float = Field(default=0.5, gt=0.0, le=1.0)
     max_scale: float = Field(default=0.9, gt=0.0, le=1.0)
     max_rotation: float = Field(default=180.0, ge=0.0, le=360.0)
     max_offset: Fraction = 0.25
     random_colors: bool = True
-    noise: Fraction = 0.2
-    clutter: int = Field(default=3, ge=0, le=50)
+    noise: Fraction = 0.15
+    clutter: int = Field(default=2, ge=0, le=50)
 
     @model_validator(mode="after")
     def _scale_range(self) -> GenerateParams:
@@ -78,9 +78,9 @@ class TrainParams(Section):
 
     model: Literal[MODELS] = "lenet5"  # type: ignore[valid-type]
     pretrained: bool = False
-    epochs: int = Field(default=15, ge=1)
+    epochs: int = Field(default=20, ge=1)
     batch_size: int = Field(default=64, ge=1)
-    learning_rate: float = Field(default=0.002, gt=0.0)
+    learning_rate: float = Field(default=0.005, gt=0.0)
     optimizer: Literal["adam", "sgd"] = "adam"
     momentum: Fraction = 0.9
     weight_decay: float = Field(default=0.0, ge=0.0)
@@ -105,8 +105,7 @@ class EvaluateParams(Section):
 class PackageParams(Section):
     """How the trained model is stored and shipped."""
 
-    model_name: str = Field(default="cnnpipe", pattern=r"^[a-z0-9][a-z0-9_.-]*$")
-    build: bool = True
+    build: bool = True  # false: only store the model, build and export no bento
 
 
 class Params(Section):

@@ -25,8 +25,20 @@ def _star() -> np.ndarray:
 def _cross(arm: float = 0.33) -> np.ndarray:
     a, b = arm, 1.0
     return np.array(
-        [(-a, -b), (a, -b), (a, -a), (b, -a), (b, a), (a, a), (a, b), (-a, b), (-a, a), (-b, a),
-         (-b, -a), (-a, -a)]
+        [
+            (-a, -b),
+            (a, -b),
+            (a, -a),
+            (b, -a),
+            (b, a),
+            (a, a),
+            (a, b),
+            (-a, b),
+            (-a, a),
+            (-b, a),
+            (-b, -a),
+            (-a, -a),
+        ]
     )
 
 

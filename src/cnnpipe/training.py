@@ -68,7 +68,7 @@ def make_deterministic(seed: int, num_threads: int) -> None:
 def as_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 images as a tensor: read into RAM when small, else kept memory-mapped."""
     if images.nbytes <= IN_MEMORY_LIMIT:
-        return torch.from_numpy(np.ascontiguousarray(images))
+        return torch.from_numpy(np.array(images))
     return images  # gathered batch by batch
 
 
@@ -97,12 +97,19 @@ def batches(
 class Stepper:
     """Moves batches to the device and normalises them there, in the model's memory format."""
 
-    def __init__(self, device: torch.device, mean: list[float], std: list[float], params: TrainParams):
+    def __init__(
+        self,
+        device: torch.device,
+        mean: list[float],
+        std: list[float],
+        channels_last: bool = False,
+        bf16: bool = False,
+    ) -> None:
         self.device = device
         self.mean, self.std = mean, std
         self.cuda = device.type == "cuda"
-        self.memory_format = torch.channels_last if params.channels_last else torch.contiguous_format
-        self.autocast = params.mixed_precision == "bf16"
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.autocast = bf16
 
     def inputs(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.cuda:
@@ -172,7 +179,7 @@ def fit(
     on_epoch: Callable[[EpochMetrics], None] = lambda m: None,
 ) -> tuple[nn.Module, FitResult]:
     """Train for params.epochs; return the model holding the weights of its best validation epoch."""
-    stepper = Stepper(device, mean, std, params)
+    stepper = Stepper(device, mean, std, params.channels_last, params.mixed_precision == "bf16")
     model.to(device=device, memory_format=stepper.memory_format)
     optimizer = make_optimizer(model, params)
     scheduler = make_scheduler(optimizer, params)

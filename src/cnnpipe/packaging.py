@@ -1,0 +1,47 @@
+"""Packaging: the trained model into the BentoML model store, and a bento built around it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import bentoml
+from bentoml.exceptions import NotFound
+
+from cnnpipe.checkpoint import ModelInfo
+
+NAME = "cnnpipe"  # of the stored model and of the bento (bentofile.yaml)
+MODEL_FILE = "model.pt"
+
+
+def store_model(version: str, model_path: Path, info: ModelInfo, metadata: dict) -> str:
+    """Put the model file into the model store as cnnpipe:version (kept if already there)."""
+    tag = f"{NAME}:{version}"
+    try:
+        return str(bentoml.models.get(tag).tag)
+    except NotFound:
+        pass
+    labels = {"architecture": info.architecture, "classes": str(len(info.classes))}
+    with bentoml.models.create(tag, labels=labels, metadata=metadata) as ref:
+        (Path(ref.path) / MODEL_FILE).write_bytes(model_path.read_bytes())
+    return tag
+
+
+def build_bento(bentofile: Path, version: str, model_tag: str) -> str:
+    """Build the bento described by bentofile (its build context is src/), replacing one of the
+    same version; returns its tag."""
+    try:
+        bentoml.bentos.delete(f"{NAME}:{version}")
+    except NotFound:
+        pass
+    bento = bentoml.bentos.build_bentofile(
+        str(bentofile.resolve()),
+        build_ctx=str((bentofile.parent / "src").resolve()),
+        version=version,
+        labels={"model": model_tag},
+    )
+    return str(bento.tag)
+
+
+def export_bento(tag: str, path: Path) -> None:
+    """Write the bento, its model included, as one archive (bentoml import reads it)."""
+    bentoml.bentos.export_bento(tag, str(path.resolve()))
