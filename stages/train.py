@@ -1,4 +1,4 @@
-"""Stage 3: train the model in params `train` on data/processed; keep the best-on-validation weights.
+"""Stage 3: train the model in params `train` on data/processed; keep the best validation epoch.
 
 Writes models/model.pt, per-epoch metrics under metrics/train (dvclive), and an MLflow run.
 """
@@ -10,9 +10,40 @@ import torch
 from dvclive import Live
 
 from cnnpipe import checkpoint, datasets, models, params, preprocess, stage, training
+from cnnpipe.outputs import atomic_path
 from cnnpipe.tracking import MODEL_HASH_TAG, Run, dvc_tags
 
-PROCESSED, MODEL, LIVE_DIR = Path("data/processed"), Path("models/model.pt"), "metrics/train"
+PROCESSED, MODEL, LIVE_DIR = Path("data/processed"), Path("models/model.pt"), Path("metrics/train")
+
+
+def fit_and_log(model, train, val, meta, p: params.TrainParams, device, run: Run):
+    """Train, logging every epoch to dvclive (written complete or not at all) and MLflow."""
+    with atomic_path(LIVE_DIR) as live_dir:
+        with Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None) as live:
+
+            def on_epoch(m: training.EpochMetrics) -> None:
+                values = {
+                    "train_loss": m.train_loss,
+                    "train_accuracy": m.train_accuracy,
+                    "val_loss": m.val_loss,
+                    "val_accuracy": m.val_accuracy,
+                }
+                for name, value in values.items():
+                    live.log_metric(name, round(value, 6))
+                live.next_step()
+                extra = {"learning_rate": m.learning_rate, "epoch_seconds": m.seconds}
+                run.log_metrics({**values, **extra}, step=m.epoch)
+                stage.progress(
+                    f"train: epoch {m.epoch}/{p.epochs} loss {m.train_loss:.4f} "
+                    f"acc {m.train_accuracy:.3f} | val loss {m.val_loss:.4f} "
+                    f"acc {m.val_accuracy:.3f} | {m.images_per_second:.0f} img/s"
+                )
+
+            model, result = training.fit(
+                model, train, val, meta.mean, meta.std, p, device, on_epoch
+            )
+            live.summary["best_epoch"] = result.best_epoch
+    return model, result
 
 
 def main() -> None:
@@ -28,41 +59,23 @@ def main() -> None:
         f"{len(train.labels)} train / {len(val.labels)} val images, {p.epochs} epochs"
     )
 
-    run_name = dvc_tags().get("dvc_exp_name") or f"{p.model}"
-    run = Run.start(run_name, all_params.model_dump(), dvc_tags())
-    with Live(LIVE_DIR, dvcyaml=False, save_dvc_exp=False, report=None) as live:
+    tags = dvc_tags()
+    run = Run.start(tags.get("dvc_exp_name", p.model), all_params.model_dump(), tags)
+    try:
+        model, result = fit_and_log(model, train, val, meta, p, device, run)
+        info = checkpoint.ModelInfo(
+            p.model, meta.classes, meta.image_size, meta.channels, meta.mean, meta.std
+        )
+        extra = {
+            "params": p.model_dump(),
+            "best_epoch": result.best_epoch,
+            "best_val_accuracy": result.best_val_accuracy,
+        }
+        checkpoint.save(MODEL, model, info, extra)
+    except BaseException:
+        run.end("FAILED")
+        raise
 
-        def on_epoch(m: training.EpochMetrics) -> None:
-            values = {
-                "train_loss": m.train_loss,
-                "train_accuracy": m.train_accuracy,
-                "val_loss": m.val_loss,
-                "val_accuracy": m.val_accuracy,
-            }
-            for name, value in values.items():
-                live.log_metric(name, round(value, 6))
-            live.next_step()
-            run.log_metrics(
-                {**values, "learning_rate": m.learning_rate, "epoch_seconds": m.seconds},
-                step=m.epoch,
-            )
-            stage.progress(
-                f"train: epoch {m.epoch}/{p.epochs} loss {m.train_loss:.4f} acc {m.train_accuracy:.3f} | "
-                f"val loss {m.val_loss:.4f} acc {m.val_accuracy:.3f} | {m.images_per_second:.0f} img/s"
-            )
-
-        model, result = training.fit(model, train, val, meta.mean, meta.std, p, device, on_epoch)
-        live.summary.update({"best_epoch": result.best_epoch})
-
-    info = checkpoint.ModelInfo(
-        p.model, meta.classes, meta.image_size, meta.channels, meta.mean, meta.std
-    )
-    extra = {
-        "params": p.model_dump(),
-        "best_epoch": result.best_epoch,
-        "best_val_accuracy": result.best_val_accuracy,
-    }
-    checkpoint.save(MODEL, model, info, extra)
     model_hash = checkpoint.file_hash(MODEL)
     run.set_tags({MODEL_HASH_TAG: model_hash})
     run.log_metrics(
@@ -76,6 +89,7 @@ def main() -> None:
     )
     example = preprocess.normalize(torch.from_numpy(np.array(val.images[:1])), meta.mean, meta.std)
     run.log_model(model, example.numpy())
+    run.end()
     stage.progress(
         f"train: best val accuracy {result.best_val_accuracy:.4f} at epoch {result.best_epoch} "
         f"-> {MODEL} (sha256 {model_hash[:12]}), {result.train_seconds:.1f}s training"

@@ -71,7 +71,7 @@ def split_indices(labels: list[str], params: ProcessParams) -> dict[str, np.ndar
         )
     need = 3
     if counts.min() < need:
-        name = classes[int(counts.argmin())]
+        name = str(classes[int(counts.argmin())])
         raise CnnpipeError(
             f"class {name!r} has {int(counts.min())} image(s); each class needs at least {need} "
             "(one each for train, val and test); add images to it"
@@ -123,7 +123,7 @@ def write_processed(raw: Path, out: Path, params: ProcessParams) -> Meta:
 
 
 def channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of uint8 images scaled to [0, 1], in chunks (memory-mapped input)."""
+    """Per-channel mean and std of uint8 images scaled to [0, 1], read in chunks."""
     total = np.zeros(images.shape[1])
     squares = np.zeros(images.shape[1])
     for start in range(0, len(images), chunk):

@@ -38,7 +38,7 @@ class LeNet5(nn.Module):
 
 
 def _adapt_first_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
-    """The same convolution over `in_channels` inputs; pretrained RGB filters are summed for grey."""
+    """The same convolution over `in_channels` inputs; pretrained RGB filters are averaged."""
     if conv.in_channels == in_channels:
         return conv
     new = nn.Conv2d(

@@ -1,6 +1,7 @@
 """The typed schema of params.yaml: one section per stage, defaults in one place, validated once.
 
-A bad value stops a stage before any work with one line naming the key, the value and what is allowed.
+A bad value stops a stage before any work, with one line naming the key, the value and what
+is allowed.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ def probabilities(
 ) -> np.ndarray:
     """Class probabilities for a uint8 batch (N, C, H, W) made by preprocess.load."""
     with torch.inference_mode():
-        x = preprocess.normalize(torch.from_numpy(batch), info.mean, info.std)
+        x = preprocess.normalize(torch.as_tensor(batch), info.mean, info.std)
         return torch.softmax(model(x), dim=1).numpy()
 
 

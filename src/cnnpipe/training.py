@@ -178,7 +178,7 @@ def fit(
     device: torch.device,
     on_epoch: Callable[[EpochMetrics], None] = lambda m: None,
 ) -> tuple[nn.Module, FitResult]:
-    """Train for params.epochs; return the model holding the weights of its best validation epoch."""
+    """Train for params.epochs; return the model with the weights of its best validation epoch."""
     stepper = Stepper(device, mean, std, params.channels_last, params.mixed_precision == "bf16")
     model.to(device=device, memory_format=stepper.memory_format)
     optimizer = make_optimizer(model, params)

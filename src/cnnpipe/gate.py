@@ -1,0 +1,71 @@
+"""The regression gate: compare the workspace's metrics with a git revision through DVC, print the
+table, and fail when the chosen metric dropped by more than the allowed amount.
+
+    cnnpipe-gate --rev main --metric test_accuracy --max-drop 0.02
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+
+def metrics_diff(rev: str) -> dict:
+    """`dvc metrics diff REV --json`: {file: {metric: {"old", "new", "diff"}}}."""
+    out = subprocess.run(
+        [sys.executable, "-m", "dvc", "metrics", "diff", rev, "--json", "--all"],
+        capture_output=True,
+        text=True,
+    )
+    if out.returncode != 0:
+        raise SystemExit(f"error: dvc metrics diff {rev} failed: {out.stderr.strip()}")
+    return json.loads(out.stdout or "{}")
+
+
+def table(diff: dict) -> str:
+    rows = ["| file | metric | baseline | workspace | change |", "|---|---|---|---|---|"]
+    for path, metrics in sorted(diff.items()):
+        for name, values in sorted(metrics.items()):
+            old, new, change = values.get("old"), values.get("new"), values.get("diff")
+            rows.append(f"| {path} | {name} | {_fmt(old)} | {_fmt(new)} | {_fmt(change)} |")
+    return "\n".join(rows)
+
+
+def _fmt(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else ("-" if value is None else str(value))
+
+
+def check(diff: dict, metric: str, max_drop: float) -> tuple[bool, str]:
+    """(passed, reason) for `metric` in any metrics file of the diff."""
+    found = [(path, m[metric]) for path, m in diff.items() if metric in m]
+    if not found:
+        return False, f"metric {metric!r} is in no metrics file; choose one of the table's metrics"
+    for path, values in found:
+        old, new = values.get("old"), values.get("new")
+        if new is None:
+            return False, f"{path}:{metric} is missing from the workspace; run dvc repro"
+        if old is not None and old - new > max_drop:
+            return False, (
+                f"{path}:{metric} dropped from {old:.4f} to {new:.4f} "
+                f"(by {old - new:.4f}, more than {max_drop:.4f})"
+            )
+    return True, f"{metric} is within {max_drop:.4f} of the baseline"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rev", default="HEAD", help="baseline git revision (default HEAD)")
+    parser.add_argument("--metric", default="test_accuracy", help="metric to guard")
+    parser.add_argument("--max-drop", type=float, default=0.02, help="largest allowed drop")
+    args = parser.parse_args(argv)
+    diff = metrics_diff(args.rev)
+    print(table(diff))
+    passed, reason = check(diff, args.metric, args.max_drop)
+    print(("gate passed: " if passed else "gate FAILED: ") + reason)
+    raise SystemExit(0 if passed else 1)
+
+
+if __name__ == "__main__":
+    main()
