@@ -69,7 +69,9 @@ class Project:
         for name in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_STAGE", "DVC_EXP_NAME"):
             self.env.pop(name, None)
 
-    def run(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    def run(
+        self, *args: str, check: bool = True, timeout: float = 600
+    ) -> subprocess.CompletedProcess:
         """Run a command in the copy; on failure the assertion shows its output."""
         result = subprocess.run(
             args, cwd=self.root, env=self.env, capture_output=True, text=True, timeout=timeout
@@ -81,7 +83,11 @@ class Project:
     def popen(self, *args: str) -> subprocess.Popen:
         """Start a long-running command (a server) in the copy."""
         return subprocess.Popen(
-            args, cwd=self.root, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            args,
+            cwd=self.root,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             text=True,
         )
 

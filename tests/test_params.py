@@ -1,9 +1,9 @@
 import pytest
 import yaml
+from conftest import REPO
 
 from cnnpipe import params
 from cnnpipe.params import ParamsError
-from conftest import REPO
 
 
 def test_committed_params_yaml_is_valid_and_lists_every_key():

@@ -1,4 +1,4 @@
-"""End to end: the real `dvc repro`, `dvc exp run` and `bentoml serve` on a tiny copy of the project."""
+"""End to end: real `dvc repro`, `dvc exp run` and `bentoml serve` on a tiny copy of the project."""
 
 from __future__ import annotations
 
@@ -6,15 +6,14 @@ import json
 import re
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import Project, copy_project, free_port, tiny_params
 
 from cnnpipe import checkpoint, datasets
-from conftest import Project, copy_project, free_port, tiny_params
 
 STAGES = ["generate", "process", "train", "evaluate", "package"]
 

@@ -34,7 +34,7 @@ def test_write_raw_is_deterministic_to_the_byte(tmp_path):
     counts = sources.write_raw(p.generate, tmp_path / "a")
     sources.write_raw(p.generate, tmp_path / "b")
     assert counts == {"square": 4, "hexagon": 4}
-    files = sorted(f.relative_to(tmp_path / "a") for f in (tmp_path / "a").rglob("*") if f.is_file())
+    files = sorted(f.relative_to(tmp_path / "a") for f in (tmp_path / "a").rglob("*.*"))
     assert len(files) == 9  # 8 images + labels.csv
     for f in files:
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
