@@ -11,7 +11,7 @@ from dvclive import Live
 
 from cnnpipe import checkpoint, datasets, models, params, preprocess, stage, training
 from cnnpipe.outputs import atomic_path
-from cnnpipe.tracking import MODEL_HASH_TAG, Run, dvc_tags
+from cnnpipe.tracking import MODEL_HASH_TAG, Run, dvc_tags, pipeline_params
 
 PROCESSED, MODEL, LIVE_DIR = Path("data/processed"), Path("models/model.pt"), Path("metrics/train")
 
@@ -43,12 +43,12 @@ def fit_and_log(model, train, val, meta, p: params.TrainParams, device, run: Run
                 model, train, val, meta.mean, meta.std, p, device, on_epoch
             )
             live.summary["best_epoch"] = result.best_epoch
+            live.summary["parameters"] = models.count_parameters(model)
     return model, result
 
 
 def main() -> None:
-    all_params = params.load()
-    p = all_params.train
+    p = params.load().train
     meta = datasets.Meta.read(PROCESSED)
     train, val = datasets.read_split(PROCESSED, "train"), datasets.read_split(PROCESSED, "val")
     device = training.select_device(p.device)
@@ -60,7 +60,7 @@ def main() -> None:
     )
 
     tags = dvc_tags()
-    run = Run.start(tags.get("dvc_exp_name", p.model), all_params.model_dump(), tags)
+    run = Run.start(tags.get("dvc_exp_name", p.model), pipeline_params(), tags)
     try:
         model, result = fit_and_log(model, train, val, meta, p, device, run)
         info = checkpoint.ModelInfo(

@@ -19,7 +19,7 @@ VENV_BIN = Path(sys.executable).parent
 TINY = {
     "generate": {
         "classes": ["circle", "square", "triangle"],
-        "images_per_class": 24,
+        "images_per_class": 40,
         "image_size": 32,
         "noise": 0.0,
         "clutter": 0,
@@ -27,7 +27,7 @@ TINY = {
         "max_rotation": 30,
     },
     "process": {"image_size": 32, "channels": 1, "val_ratio": 0.25, "test_ratio": 0.25},
-    "train": {"epochs": 3, "batch_size": 16, "learning_rate": 0.01, "num_threads": 1},
+    "train": {"epochs": 8, "batch_size": 8, "learning_rate": 0.003, "num_threads": 1},
     "evaluate": {"batch_size": 64},
     "package": {"build": True},
 }

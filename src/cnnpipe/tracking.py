@@ -39,6 +39,17 @@ def flatten(sections: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def pipeline_params(path: Path = Path("params.yaml")) -> dict[str, Any]:
+    """Every section of params.yaml, flattened, for the run's record.
+
+    Read as plain YAML: logging the other stages' params does not make them inputs of this one
+    (DVC re-runs a stage only for its own section, so that is all a stage may compute from).
+    """
+    import yaml
+
+    return flatten(yaml.safe_load(path.read_text()) or {})
+
+
 def dvc_tags() -> dict[str, str]:
     """The git commit and DVC experiment a stage runs under."""
     tags = {"git_commit": git_revision() or "unknown"}
@@ -80,6 +91,7 @@ class Run:
 
     @classmethod
     def start(cls, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> Run:
+        """A new run in the cnnpipe experiment, with flat params and tags."""
         run = cls()
 
         def begin() -> None:
@@ -92,7 +104,7 @@ class Run:
             run.run_id = created.info.run_id
             from mlflow.entities import Param
 
-            items = [Param(k, str(v)) for k, v in flatten(params).items()]
+            items = [Param(k, str(v)) for k, v in params.items()]
             for i in range(0, len(items), 100):
                 client.log_batch(run.run_id, params=items[i : i + 100])
 

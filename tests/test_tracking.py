@@ -1,0 +1,60 @@
+"""MLflow tracking against a real sqlite store in a temporary directory."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+
+from cnnpipe import tracking
+from cnnpipe.tracking import Run
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch) -> str:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+def test_flatten_joins_nested_keys_and_lists():
+    flat = tracking.flatten({"train": {"epochs": 3, "opt": {"lr": 0.1}}, "g": {"c": ["a", "b"]}})
+    assert flat == {"train.epochs": 3, "train.opt.lr": 0.1, "g.c": "a,b"}
+
+
+def test_store_defaults_to_the_dvc_root(monkeypatch, tmp_path):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    assert tracking.tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def test_a_run_is_found_again_by_its_model_hash(store):
+    run = Run.start("exp-1", {"train.epochs": 3}, {"dvc_exp_name": "exp-1"})
+    run.log_metrics({"val_accuracy": 0.5}, step=1)
+    run.log_metrics({"val_accuracy": 0.75}, step=2)
+    run.set_tags({tracking.MODEL_HASH_TAG: "abc123"})
+    run.end()
+    Run.start("other", {}, {}).set_tags({tracking.MODEL_HASH_TAG: "def456"})
+
+    found = Run.find("abc123")
+    assert found.run_id == run.run_id
+    found.log_metrics({"test_accuracy": 0.8})
+
+    client = mlflow.MlflowClient(store)
+    stored = client.get_run(run.run_id)
+    assert stored.info.run_name == "exp-1"
+    assert stored.data.params == {"train.epochs": "3"}
+    assert stored.data.metrics == {"val_accuracy": 0.75, "test_accuracy": 0.8}
+    history = client.get_metric_history(run.run_id, "val_accuracy")
+    assert [(m.step, m.value) for m in history] == [(1, 0.5), (2, 0.75)]
+
+
+def test_an_unreachable_store_warns_once_and_never_raises(monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens on port 9
+    run = Run.start("x", {"a": 1}, {})
+    run.log_metrics({"m": 1.0}, step=1)
+    run.set_tags({"t": "v"})
+    run.end()
+    assert Run.find("abc").run_id is None
+    err = capsys.readouterr().err
+    assert err.count("warning: MLflow tracking") == 2  # once per run object, then quiet
+    assert "127.0.0.1:9" in err
