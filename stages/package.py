@@ -37,7 +37,7 @@ def main() -> None:
             record["bento"] = packaging.build_bento(BENTOFILE, version, model_tag)
             packaging.export_bento(record["bento"], tmp / "cnnpipe.bento")
             stage.progress(f"package: bento {record['bento']} -> {OUT / 'cnnpipe.bento'}")
-        write_json(tmp / "tags.json", record)
+        write_json(tmp / packaging.TAGS_FILE.name, record)
 
 
 if __name__ == "__main__":

@@ -400,3 +400,15 @@ def test_serve_without_the_model_fails_with_one_line(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert "dvc repro" in lines[0] and "bentoml import" in lines[0]
+
+
+def test_in_the_project_root_the_workspace_model_is_served(tmp_path, monkeypatch):
+    from cnnpipe.service import settings_from_env
+
+    monkeypatch.chdir(tmp_path)
+    assert settings_from_env({}).model == "cnnpipe:latest"
+    tags = tmp_path / "models/bento/tags.json"
+    tags.parent.mkdir(parents=True)
+    tags.write_text('{"model": "cnnpipe:0123456789abcdef", "bento": null}')
+    assert settings_from_env({}).model == "cnnpipe:0123456789abcdef"
+    assert settings_from_env({"CNNPIPE_MODEL": "cnnpipe:other"}).model == "cnnpipe:other"

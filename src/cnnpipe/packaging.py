@@ -11,6 +11,7 @@ from cnnpipe.checkpoint import ModelInfo
 
 NAME = "cnnpipe"  # of the stored model and of the bento (bentofile.yaml)
 MODEL_FILE = "model.pt"
+TAGS_FILE = Path("models/bento/tags.json")  # the tags of the workspace's model and bento
 
 
 def store_model(version: str, model_path: Path, info: ModelInfo, metadata: dict) -> str:

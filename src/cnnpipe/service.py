@@ -18,6 +18,7 @@ pin them in a bento, or with `docker run -e`.
 
 from __future__ import annotations
 
+import json
 import os
 import typing as t
 from pathlib import Path
@@ -38,7 +39,7 @@ from starlette.routing import Route
 
 from cnnpipe import checkpoint, preprocess
 from cnnpipe.errors import CnnpipeError
-from cnnpipe.packaging import MODEL_FILE, NAME
+from cnnpipe.packaging import MODEL_FILE, NAME, TAGS_FILE
 
 if t.TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -51,7 +52,8 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model: str = f"{NAME}:latest"  # the model store tag to serve
+    # the model store tag to serve; in the project root, the workspace's packaged model
+    model: str = f"{NAME}:latest"
     workers: int = Field(default=1, ge=1)  # server processes, each with its own model copy
     threads: int = Field(default=0, ge=0)  # torch threads per worker; 0: cores / workers
     max_batch_size: int = Field(default=32, ge=2)  # images per forward pass
@@ -67,6 +69,16 @@ class Settings(BaseModel):
         return self.threads or max(1, len(os.sched_getaffinity(0)) // self.workers)
 
 
+def workspace_model(tags: Path = TAGS_FILE) -> str | None:
+    """The model tag the package stage recorded, when serving from the project root: after
+    `dvc exp apply` or `git checkout`, `bentoml serve` then serves the workspace's model, not
+    whichever model was stored last."""
+    try:
+        return json.loads(tags.read_text())["model"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def settings_from_env(environ: t.Mapping[str, str] = os.environ) -> Settings:
     """Settings from CNNPIPE_* variables; a bad value raises one CnnpipeError naming it."""
     values = {
@@ -74,6 +86,8 @@ def settings_from_env(environ: t.Mapping[str, str] = os.environ) -> Settings:
         for name in Settings.model_fields
         if ENV_PREFIX + name.upper() in environ
     }
+    if "model" not in values and (tag := workspace_model()):
+        values["model"] = tag
     try:
         return Settings.model_validate(values)
     except ValidationError as exc:
