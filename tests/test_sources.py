@@ -253,3 +253,16 @@ def test_a_folder_runs_through_dvc_repro_end_to_end(tmp_path):
     with open(project.root / "data/raw" / sources.LABELS_FILE) as f:
         assert sum(1 for _ in f) == 1 + 14
     assert "process" in json.loads(project.dvc("status", "--json").stdout)
+
+
+def test_the_generate_stage_imports_neither_torch_nor_mlflow():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; "
+        "import cnnpipe.datareport, cnnpipe.sources, cnnpipe.stage, cnnpipe.params; "
+        "print(sorted({'torch', 'mlflow', 'matplotlib', 'sklearn'} & set(sys.modules)))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "[]", result.stderr
