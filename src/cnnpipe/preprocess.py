@@ -69,8 +69,8 @@ def _to_8bit(image: Image.Image) -> Image.Image:
         pixels = pixels * 255.0 if pixels.max(initial=0.0) <= 1.0 else pixels
         return Image.fromarray(np.clip(pixels, 0, 255).round().astype(np.uint8))
     # A transparency key (PNG tRNS) also marks transparent pixels in L, RGB and P images.
-    has_alpha = image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info
-    if image.mode in ("1", "L", "RGB", "RGBA") and not (has_alpha and image.mode != "RGBA"):
+    has_alpha = image.mode in ("LA", "PA", "La", "RGBa") or "transparency" in image.info
+    if image.mode == "RGBA" or (image.mode in ("1", "L", "RGB") and not has_alpha):
         return image
     try:
         return image.convert("RGBA" if has_alpha else "RGB")
