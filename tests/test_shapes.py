@@ -31,7 +31,7 @@ def test_every_shape_draws_at_the_configured_size():
 
 def test_write_raw_is_deterministic_to_the_byte(tmp_path):
     p = params.parse({"generate": {"classes": ["square", "hexagon"], "images_per_class": 4}})
-    counts = sources.write_raw(p.generate, tmp_path / "a")
+    counts = sources.write_raw(p.generate, tmp_path / "a").counts
     sources.write_raw(p.generate, tmp_path / "b")
     assert counts == {"square": 4, "hexagon": 4}
     files = sorted(f.relative_to(tmp_path / "a") for f in (tmp_path / "a").rglob("*.*"))

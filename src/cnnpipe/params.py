@@ -28,7 +28,7 @@ class GenerateParams(Section):
     """Where the raw images come from, and how the synthetic shapes look."""
 
     source: Literal["shapes", "digits", "folder"] = "shapes"
-    folder: str = "data/own"
+    folder: str = "images"
     classes: list[Literal[SHAPES]] = Field(  # type: ignore[valid-type]
         default=["circle", "square", "triangle", "star", "hexagon"], min_length=2
     )

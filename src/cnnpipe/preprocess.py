@@ -68,10 +68,16 @@ def _to_8bit(image: Image.Image) -> Image.Image:
         pixels = np.asarray(image, dtype=np.float64)
         pixels = pixels * 255.0 if pixels.max(initial=0.0) <= 1.0 else pixels
         return Image.fromarray(np.clip(pixels, 0, 255).round().astype(np.uint8))
-    if image.mode in ("1", "L", "RGB", "RGBA"):
-        return image
+    # A transparency key (PNG tRNS) also marks transparent pixels in L, RGB and P images.
     has_alpha = image.mode in ("LA", "PA", "La", "RGBa") or "transparency" in image.info
-    return image.convert("RGBA" if has_alpha else "RGB")
+    if image.mode == "RGBA" or (image.mode in ("1", "L", "RGB") and not has_alpha):
+        return image
+    try:
+        return image.convert("RGBA" if has_alpha else "RGB")
+    except ValueError:
+        raise ImageError(
+            f"images of mode {image.mode} cannot be converted; save it as RGB or greyscale"
+        ) from None
 
 
 def to_array(image: Image.Image, size: int, channels: int) -> np.ndarray:
@@ -83,7 +89,7 @@ def to_array(image: Image.Image, size: int, channels: int) -> np.ndarray:
     image = image.convert("L" if channels == 1 else "RGB")
     if image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BILINEAR)
-    pixels = np.asarray(image, dtype=np.uint8)
+    pixels = np.array(image, dtype=np.uint8)  # a writable copy: torch warns on read-only
     return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1).copy()
 
 
