@@ -64,7 +64,7 @@ def main() -> None:
 def train_model(all_params: params.Params, workers: training.Workers, device) -> None:
     p = all_params.train
     meta = datasets.Meta.read(PROCESSED)
-    train, val = datasets.read_split(PROCESSED, "train"), datasets.read_split(PROCESSED, "val")
+    train, val = (datasets.read_split(PROCESSED, s, mmap=None) for s in ("train", "val"))
     training.make_deterministic(p.seed, p.num_threads)
     model = models.build(p.model, meta.channels, len(meta.classes), meta.image_size, p.pretrained)
     if not workers.is_main:  # rank 0 logs and writes for every process

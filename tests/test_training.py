@@ -81,12 +81,23 @@ def test_memory_mapped_and_in_memory_batches_hold_the_same_images(tmp_path):
         assert torch.equal(x2.view(len(y2), -1)[:, 0], (y2 * 4).to(torch.uint8))
 
 
-def test_large_arrays_stay_memory_mapped(tmp_path, monkeypatch):
-    np.save(tmp_path / "x.npy", np.zeros((4, 1, 2, 2), np.uint8))
-    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
-    assert isinstance(training.as_tensor(mapped), torch.Tensor)
+def test_small_splits_are_read_into_ram_and_large_ones_stay_memory_mapped(tmp_path, monkeypatch):
+    from cnnpipe import datasets
+
+    np.save(tmp_path / "train_images.npy", np.arange(16, dtype=np.uint8).reshape(4, 1, 2, 2))
+    np.save(tmp_path / "train_labels.npy", np.zeros(4, np.int64))
+    (tmp_path / "train.csv").write_text("file,label\n" + "x.png,a\n" * 4)
+    small = datasets.read_split(tmp_path, "train", mmap=None).images
+    assert not isinstance(small, np.memmap)
+    tensor = training.as_tensor(small)
+    assert tensor.data_ptr() == small.ctypes.data  # used where it lies, not copied
+    mapped = datasets.read_split(tmp_path, "train").images
+    assert isinstance(training.as_tensor(mapped), torch.Tensor)  # a small map is copied to RAM
+    monkeypatch.setattr(datasets, "IN_MEMORY_LIMIT", 8)
     monkeypatch.setattr(training, "IN_MEMORY_LIMIT", 8)
-    assert isinstance(training.as_tensor(mapped), np.memmap)
+    large = datasets.read_split(tmp_path, "train", mmap=None).images
+    assert isinstance(large, np.memmap)
+    assert training.as_tensor(large) is large
 
 
 def test_global_batch_must_split_evenly_over_processes():

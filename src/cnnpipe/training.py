@@ -26,12 +26,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
-from cnnpipe.datasets import Split
+from cnnpipe.datasets import IN_MEMORY_LIMIT, Split
 from cnnpipe.errors import CnnpipeError
 from cnnpipe.params import TrainParams
 from cnnpipe.preprocess import normalize
-
-IN_MEMORY_LIMIT = 1 << 30  # arrays up to 1 GiB are read into RAM; larger ones stay memory-mapped
 
 
 @dataclass
@@ -140,11 +138,14 @@ def make_deterministic(seed: int, num_threads: int) -> None:
         torch.set_num_threads(num_threads)
 
 
-def as_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 images as a tensor: read into RAM when small, else kept memory-mapped."""
+def as_tensor(images: np.ndarray) -> torch.Tensor | np.ndarray:
+    """uint8 images as a tensor (an array in RAM as it is, a memory map copied into RAM when it
+    is small), else the memory map itself, gathered batch by batch."""
+    if not isinstance(images, np.memmap):
+        return torch.from_numpy(images)
     if images.nbytes <= IN_MEMORY_LIMIT:
         return torch.from_numpy(np.array(images))
-    return images  # gathered batch by batch
+    return images
 
 
 def resident(images: np.ndarray, device: torch.device) -> torch.Tensor | np.ndarray:
