@@ -1,6 +1,9 @@
 """Stage 3: train the model in params `train` on data/processed; keep the best validation epoch.
 
 Writes models/model.pt, per-epoch metrics under metrics/train (dvclive), and an MLflow run.
+With `train.nproc` > 1 it starts itself in that many processes through torchrun; started by
+torchrun (`torchrun --nproc_per_node N stages/train.py`, one node or many) it trains with
+DistributedDataParallel and only rank 0 logs and writes.
 """
 
 from pathlib import Path
@@ -16,7 +19,7 @@ from cnnpipe.tracking import MODEL_HASH_TAG, Run, dvc_tags, pipeline_params
 PROCESSED, MODEL, LIVE_DIR = Path("data/processed"), Path("models/model.pt"), Path("metrics/train")
 
 
-def fit_and_log(model, train, val, meta, p: params.TrainParams, device, run: Run):
+def fit_and_log(model, train, val, meta, p: params.TrainParams, device, run: Run, workers):
     """Train, logging every epoch to dvclive (written complete or not at all) and MLflow."""
     with atomic_path(LIVE_DIR) as live_dir:
         with Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None) as live:
@@ -40,7 +43,7 @@ def fit_and_log(model, train, val, meta, p: params.TrainParams, device, run: Run
                 )
 
             model, result = training.fit(
-                model, train, val, meta.mean, meta.std, p, device, on_epoch
+                model, train, val, meta.mean, meta.std, p, device, on_epoch, workers
             )
             live.summary["best_epoch"] = result.best_epoch
             live.summary["parameters"] = models.count_parameters(model)
@@ -49,20 +52,33 @@ def fit_and_log(model, train, val, meta, p: params.TrainParams, device, run: Run
 
 def main() -> None:
     p = params.load().train
+    if p.nproc > 1 and not training.launched_by_torchrun():
+        training.per_process_batch(p.batch_size, p.nproc)  # a bad value stops it before it starts
+        stage.progress(f"train: starting {p.nproc} processes (torchrun --standalone)")
+        training.launch(p.nproc, __file__)
+        return
+    with training.distributed(p.device) as (workers, device):
+        train_model(p, workers, device)
+
+
+def train_model(p: params.TrainParams, workers: training.Workers, device) -> None:
     meta = datasets.Meta.read(PROCESSED)
-    train, val = datasets.read_split(PROCESSED, "train"), datasets.read_split(PROCESSED, "val")
-    device = training.select_device(p.device)
+    train, val = (datasets.read_split(PROCESSED, s, mmap=None) for s in ("train", "val"))
     training.make_deterministic(p.seed, p.num_threads)
     model = models.build(p.model, meta.channels, len(meta.classes), meta.image_size, p.pretrained)
+    if not workers.is_main:  # rank 0 logs and writes for every process
+        training.fit(model, train, val, meta.mean, meta.std, p, device, workers=workers)
+        return
+    where = f"{workers.world_size} processes on {device.type}" if workers.distributed else device
     stage.progress(
-        f"train: {p.model} ({models.count_parameters(model):,} parameters) on {device}, "
+        f"train: {p.model} ({models.count_parameters(model):,} parameters) on {where}, "
         f"{len(train.labels)} train / {len(val.labels)} val images, {p.epochs} epochs"
     )
 
     tags = dvc_tags()
     run = Run.start(tags.get("dvc_exp_name", p.model), pipeline_params(), tags)
     try:
-        model, result = fit_and_log(model, train, val, meta, p, device, run)
+        model, result = fit_and_log(model, train, val, meta, p, device, run, workers)
         info = checkpoint.ModelInfo(
             p.model, meta.classes, meta.image_size, meta.channels, meta.mean, meta.std
         )

@@ -23,6 +23,7 @@ from cnnpipe.stage import progress
 
 SPLITS = ("train", "val", "test")
 META_FILE = "meta.json"
+IN_MEMORY_LIMIT = 1 << 30  # image arrays up to 1 GiB are trained on from RAM, larger ones mapped
 
 
 @dataclass(frozen=True)
@@ -122,8 +123,9 @@ def write_processed(raw: Path, out: Path, params: ProcessParams) -> Meta:
     return meta
 
 
-def channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of uint8 images scaled to [0, 1], read in chunks."""
+def channel_stats(images: np.ndarray, chunk: int = 256) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images scaled to [0, 1], read in chunks (small ones: each
+    holds two float64 copies of its images)."""
     total = np.zeros(images.shape[1])
     squares = np.zeros(images.shape[1])
     for start in range(0, len(images), chunk):
@@ -136,11 +138,15 @@ def channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[list[float], l
     return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]
 
 
-def read_split(folder: Path, name: str, mmap: bool = True) -> Split:
-    """One split's arrays (memory-mapped by default) and file list."""
+def read_split(folder: Path, name: str, mmap: bool | None = True) -> Split:
+    """One split's arrays and file list. The images are memory-mapped (mmap=True), read into RAM
+    (False), or memory-mapped only when larger than IN_MEMORY_LIMIT (None: what training wants;
+    reading instead of mapping keeps a copy out of the page tables)."""
     path = folder / f"{name}_images.npy"
     if not path.exists():
         raise CnnpipeError(f"{path}: not found; run the process stage first (dvc repro process)")
+    if mmap is None:
+        mmap = path.stat().st_size > IN_MEMORY_LIMIT
     images = np.load(path, mmap_mode="r" if mmap else None)
     labels = np.load(folder / f"{name}_labels.npy")
     with open(folder / f"{name}.csv", newline="") as f:

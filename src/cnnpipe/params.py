@@ -94,6 +94,7 @@ class TrainParams(Section):
     mixed_precision: Literal["none", "bf16"] = "none"
     channels_last: bool = False
     augment: bool = False
+    nproc: int = Field(default=1, ge=1)  # >1: DistributedDataParallel in that many processes
 
 
 class EvaluateParams(Section):

@@ -1,0 +1,120 @@
+"""Training throughput of the train stage's loop against a bare torch loop, in one invocation.
+
+For lenet5 at 32 px and resnet18 at 64 px: the same generated and processed data, model, batch
+size, thread count and seed go to `cnnpipe.training.fit` (what stages/train.py runs) and to a
+plain loop written with nothing but torch. Both are timed by the wall clock over all their epochs,
+validation pass included (the bare loop runs the same forward pass over the validation split each
+epoch); model building and data preparation are outside the clock. The runs alternate, starting
+with the other one each round, because the machine is shared; the ratio printed is the median of
+the per-round ratios (train stage / bare loop).
+
+    python bench/train.py [--rounds 9] [--images-per-class 400] [--threads 0] [--models lenet5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from cnnpipe import datasets, models, params, sources, training
+
+CASES = (("lenet5", 32, 8), ("resnet18", 64, 2))  # model, image size, epochs
+
+
+def prepare(root: Path, images_per_class: int) -> dict[int, Path]:
+    """Generated shapes, processed at every image size the cases need."""
+    raw = root / "raw"
+    sources.write_raw(
+        params.parse({"generate": {"images_per_class": images_per_class}}).generate, raw
+    )
+    out = {}
+    for size in sorted({size for _, size, _ in CASES}):
+        out[size] = root / f"processed-{size}"
+        datasets.write_processed(
+            raw, out[size], params.parse({"process": {"image_size": size}}).process
+        )
+    return out
+
+
+def stage_loop(p: params.TrainParams, folder: Path) -> float:
+    """Images per second of training.fit, as the train stage calls it."""
+    meta = datasets.Meta.read(folder)
+    train, val = (datasets.read_split(folder, s, mmap=None) for s in ("train", "val"))
+    training.make_deterministic(p.seed, p.num_threads)
+    model = models.build(p.model, meta.channels, len(meta.classes), meta.image_size)
+    started = time.perf_counter()
+    training.fit(model, train, val, meta.mean, meta.std, p, torch.device("cpu"))
+    return p.epochs * len(train.labels) / (time.perf_counter() - started)
+
+
+def bare_loop(p: params.TrainParams, folder: Path) -> float:
+    """Images per second of the plainest torch loop that trains and validates the same way."""
+    meta = datasets.Meta.read(folder)
+    train, val = (datasets.read_split(folder, s, mmap=None) for s in ("train", "val"))
+    training.make_deterministic(p.seed, p.num_threads)
+    model = models.build(p.model, meta.channels, len(meta.classes), meta.image_size)
+    optimizer = torch.optim.Adam(model.parameters(), lr=p.learning_rate)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=p.epochs)
+    loss_fn = nn.CrossEntropyLoss()
+    mean = torch.tensor(meta.mean).view(1, -1, 1, 1)
+    std = torch.tensor(meta.std).view(1, -1, 1, 1)
+    started = time.perf_counter()
+    x_train, y_train = torch.from_numpy(np.array(train.images)), torch.from_numpy(train.labels)
+    x_val = torch.from_numpy(np.array(val.images))
+    generator = torch.Generator().manual_seed(p.seed)
+    for _ in range(p.epochs):
+        model.train()
+        order = torch.randperm(len(y_train), generator=generator)
+        for start in range(0, len(order), p.batch_size):
+            idx = order[start : start + p.batch_size]
+            x = (x_train[idx].float() / 255 - mean) / std
+            loss = loss_fn(model(x), y_train[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+        model.eval()
+        with torch.no_grad():
+            for start in range(0, len(x_val), p.batch_size):
+                model((x_val[start : start + p.batch_size].float() / 255 - mean) / std)
+    return p.epochs * len(y_train) / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--images-per-class", type=int, default=400)
+    parser.add_argument("--threads", type=int, default=0, help="0: torch's default")
+    parser.add_argument("--models", nargs="+", default=[name for name, _, _ in CASES])
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        folders = prepare(Path(tmp), args.images_per_class)
+        print(f"threads {args.threads or torch.get_num_threads()}, {args.rounds} rounds")
+        print("model     px  epochs  train stage img/s  bare loop img/s  ratio (median)")
+        for name, size, epochs in (case for case in CASES if case[0] in args.models):
+            p = params.parse(
+                {"train": {"model": name, "epochs": epochs, "num_threads": args.threads}}
+            ).train
+            stage, bare, ratios = [], [], []
+            for round_ in range(args.rounds):
+                runs = (stage_loop, bare_loop) if round_ % 2 == 0 else (bare_loop, stage_loop)
+                rates = {run.__name__: run(p, folders[size]) for run in runs}
+                stage.append(rates["stage_loop"])
+                bare.append(rates["bare_loop"])
+                ratios.append(rates["stage_loop"] / rates["bare_loop"])
+            print(
+                f"{name:9} {size:3} {epochs:6}  {statistics.median(stage):17.0f}  "
+                f"{statistics.median(bare):15.0f}  {statistics.median(ratios):.3f} "
+                f"(per round: {', '.join(f'{r:.3f}' for r in ratios)})"
+            )
+
+
+if __name__ == "__main__":
+    main()
