@@ -93,7 +93,11 @@ class TrainParams(Section):
     num_threads: int = Field(default=0, ge=0)
     mixed_precision: Literal["none", "bf16"] = "none"
     channels_last: bool = False
-    augment: bool = False
+    augment: bool = False  # random affine changes (and flips, if `flip`) of each training batch
+    max_shift: int = Field(default=2, ge=0, le=64)  # pixels, each direction
+    max_rotation: float = Field(default=10.0, ge=0.0, le=180.0)  # degrees, each direction
+    max_zoom: float = Field(default=0.1, ge=0.0, lt=1.0)  # scale within 1 +- max_zoom
+    flip: bool = False  # mirror left-right too (wrong for digits and text)
     nproc: int = Field(default=1, ge=1)  # >1: DistributedDataParallel in that many processes
 
 

@@ -12,6 +12,7 @@ which process this is, so that only rank 0 reports and writes.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import random
 import time
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
@@ -242,10 +244,26 @@ def make_scheduler(optimizer: torch.optim.Optimizer, params: TrainParams):
     return None
 
 
-def flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Mirror a random half of the batch left-right: augmentation on tensors, no decoding."""
-    mask = torch.rand(len(x), generator=generator) < 0.5
-    return torch.where(mask.to(x.device).view(-1, 1, 1, 1), x.flip(-1), x)
+def augment(x: torch.Tensor, generator: torch.Generator, params: TrainParams) -> torch.Tensor:
+    """Move, rotate and zoom each image of a (normalised) batch at random within the params'
+    bounds, edges repeated, and with `flip` mirror a random half: augmentation on tensors on the
+    device, one resampling per batch, no decoding."""
+    n, _, height, width = x.shape
+    u = torch.rand(n, 4, generator=generator) * 2 - 1
+    angle = u[:, 0] * math.radians(params.max_rotation)
+    scale = 1 + u[:, 1] * params.max_zoom
+    shift_x = u[:, 2] * (2 * params.max_shift / width)
+    shift_y = u[:, 3] * (2 * params.max_shift / height)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack(
+        [torch.stack([cos, -sin, shift_x], 1), torch.stack([sin, cos, shift_y], 1)], 1
+    ).to(x)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    if params.flip:
+        mask = torch.rand(n, generator=generator) < 0.5
+        x = torch.where(mask.to(x.device).view(-1, 1, 1, 1), x.flip(-1), x)
+    return x
 
 
 @torch.no_grad()
@@ -314,7 +332,7 @@ def fit(
     optimizer = make_optimizer(model, params)
     scheduler = make_scheduler(optimizer, params)
     loss_fn = nn.CrossEntropyLoss()
-    flips = torch.Generator().manual_seed(params.seed + workers.rank)
+    augmenting = torch.Generator().manual_seed(params.seed + workers.rank)
     train_x, train_y = resident(train.images, device), torch.from_numpy(train.labels)
     # each process scores every world_size-th validation image; the sums are then combined
     val_x = resident(val.images[workers.rank :: workers.world_size], device)
@@ -332,7 +350,7 @@ def fit(
         for x, y in batches(train_x, train_y, batch_size, order):
             x, y = stepper.inputs(x, y)
             if params.augment:
-                x = flip(x, flips)
+                x = augment(x, augmenting, params)
             with stepper.precision():
                 logits = trained(x)
                 loss = loss_fn(logits.float(), y)
