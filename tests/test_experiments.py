@@ -44,7 +44,7 @@ def experiments(tmp_path_factory) -> tuple[Project, dict]:
     project.run("git", "checkout", "--", ".")
     project.dvc("checkout", "--force")
     gates["unchanged"] = project.run(sys.executable, *GATE, check=False)
-    project.dvc("exp", "run", "--temp", "-n", "in-temp", "-S", "train.batch_size=8")
+    project.dvc("exp", "run", "--temp", "-n", "in-temp", "-S", "train.batch_size=4")
     project.dvc("exp", "run", "--queue", "-n", "queued-sgd", "-S", "train.optimizer=sgd")
     project.dvc("queue", "start")
     status = wait_for_queue(project)
@@ -62,7 +62,7 @@ def test_every_launch_lands_in_the_project_store(experiments):
     runs = mlflow_runs(experiments[0])
     assert set(runs) == {"lenet5", "worse", "in-temp", "queued-sgd"}
     assert runs["worse"].data.params["train.epochs"] == "1"
-    assert runs["in-temp"].data.params["train.batch_size"] == "8"
+    assert runs["in-temp"].data.params["train.batch_size"] == "4"
     assert runs["queued-sgd"].data.params["train.optimizer"] == "sgd"
     assert runs["lenet5"].data.params["generate.classes"] == "circle,square,triangle"
     for name, run in runs.items():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import yaml
-from conftest import copy_project, tiny_params
+from conftest import TINY, copy_project, tiny_params
 
 DETERMINISTIC_STAGES = ("generate", "process", "train", "evaluate")
 
@@ -28,7 +28,9 @@ def test_two_fresh_copies_give_identical_outputs_and_the_run_cache_restores_them
     hashes = out_hashes((first.root / "dvc.lock").read_text())
     assert set(hashes) == {
         "data/raw",
+        "metrics/generate",
         "data/processed",
+        "metrics/process",
         "models/model.pt",
         "metrics/train/metrics.json",
         "metrics/train/plots",
@@ -42,7 +44,7 @@ def test_two_fresh_copies_give_identical_outputs_and_the_run_cache_restores_them
     first.write_params(tiny_params(train={"epochs": 2}))
     assert "Running stage 'train'" in first.dvc("repro").stdout
     first.commit("two epochs")
-    result = first.dvc("exp", "run", "-S", "train.epochs=3")
+    result = first.dvc("exp", "run", "-S", f"train.epochs={TINY['train']['epochs']}")
     output = result.stdout + result.stderr
     assert "Running stage 'train'" not in output
     assert re.search(r"Stage 'train' is cached - skipping run", output), output

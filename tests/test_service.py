@@ -22,6 +22,7 @@ MAX_PIXELS = 1_000_000
 os.environ["CNNPIPE_MAX_UPLOAD_BYTES"] = str(MAX_UPLOAD)
 os.environ["CNNPIPE_MAX_PIXELS"] = str(MAX_PIXELS)
 os.environ["CNNPIPE_THREADS"] = "1"
+os.environ["CNNPIPE_MODEL"] = "cnnpipe:latest"  # the model stored below, not the workspace's
 
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
