@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import re
 import sys
+import tarfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -141,3 +143,18 @@ def test_bad_params_stop_the_stage_with_one_line(project: Project):
     assert "train.model" in result.stderr and "'vgg16'" in result.stderr
     assert "lenet5" in result.stderr
     assert not (project.root / "models").exists()
+
+
+def test_package_bundles_the_workspace_model_not_the_latest_stored(pipeline):
+    """Back on the committed params after the resnet18 experiment stored a newer model: train comes
+    from the run-cache, its model is already in the store, and the bento must bundle that one."""
+    project, _ = pipeline
+    project.write_params(tiny_params(train={"epochs": 2}))
+    project.dvc("repro")
+    model_tag = json.loads((project.root / "models/bento/tags.json").read_text())["model"]
+    assert model_tag.split(":")[1] == checkpoint.file_hash(project.root / "models/model.pt")[:16]
+    with tarfile.open(project.root / "models/bento/cnnpipe.bento") as bento:
+        bundled = {
+            Path(m.name).parts[-2] for m in bento.getmembers() if m.name.endswith("model.pt")
+        }
+    assert bundled == {model_tag.split(":")[1]}

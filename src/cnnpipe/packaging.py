@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import bentoml
@@ -28,8 +29,11 @@ def store_model(version: str, model_path: Path, info: ModelInfo, metadata: dict)
 
 
 def build_bento(bentofile: Path, version: str, model_tag: str) -> str:
-    """Build the bento described by bentofile (its build context is src/), replacing one of the
-    same version; returns its tag."""
+    """Build the bento described by bentofile (its build context is src/) around model_tag,
+    replacing one of the same version; returns its tag."""
+    # The build imports the service, which picks its model from CNNPIPE_MODEL: name this one, or
+    # the bento would bundle whichever model the store holds as the latest.
+    os.environ["CNNPIPE_MODEL"] = model_tag
     try:
         bentoml.bentos.delete(f"{NAME}:{version}")
     except NotFound:
