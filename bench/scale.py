@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,7 +26,9 @@ from pathlib import Path
 
 import yaml
 
-from cnnpipe import params, sources
+from cnnpipe.core import params
+from cnnpipe.core.dataset import LABELS_FILE
+from cnnpipe.data import sources
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,12 +37,22 @@ def raw_images(raw: Path, total: int, unique: int, size: int) -> None:
     """`unique` generated shapes, listed in labels.csv until there are `total` rows."""
     p = params.parse({"generate": {"images_per_class": max(3, unique // 5), "image_size": size}})
     sources.write_raw(p.generate, raw)
-    with open(raw / sources.LABELS_FILE, newline="") as f:
+    with open(raw / LABELS_FILE, newline="") as f:
         rows = list(csv.DictReader(f))
-    with open(raw / sources.LABELS_FILE, "w", newline="") as f:
+    with open(raw / LABELS_FILE, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows[i % len(rows)] for i in range(total))
+
+
+def stage_command(name: str) -> list[str]:
+    """A stage's command from dvc.yaml, its ${vars} filled in, the script taken from this
+    checkout."""
+    spec = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    values = spec["vars"][0]
+    cmd = re.sub(r"\$\{(\w+)\}", lambda m: str(values[m.group(1)]), spec["stages"][name]["cmd"])
+    _, script, *paths = cmd.split()
+    return [sys.executable, str(REPO / script), *paths]
 
 
 def run_stage(root: Path, name: str, stop_after: float = 0.0) -> tuple[float, float]:
@@ -49,7 +62,7 @@ def run_stage(root: Path, name: str, stop_after: float = 0.0) -> tuple[float, fl
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
     started = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, str(REPO / "stages" / f"{name}.py")],
+        stage_command(name),
         cwd=root,
         env=env,
         stdout=subprocess.PIPE,

@@ -45,8 +45,9 @@ def in_process(model_path: Path, images: list[bytes], batch: int, threads: int) 
     """Images per second: decode with preprocess.load, then forward passes of `batch` images."""
     import torch
 
-    from cnnpipe import checkpoint, preprocess
-    from cnnpipe.service import probabilities
+    from cnnpipe.core import preprocess
+    from cnnpipe.model import checkpoint
+    from cnnpipe.model.inference import probabilities
 
     torch.set_num_threads(threads)
     model, info, _ = checkpoint.load(model_path)
@@ -126,12 +127,13 @@ def main() -> None:
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
     import bentoml
 
-    from cnnpipe import checkpoint, packaging
-    from cnnpipe.service import SETTINGS
+    from cnnpipe.model import checkpoint
+    from cnnpipe.serve import packaging
+    from cnnpipe.serve.service import SETTINGS
 
     if args.model:
-        info = checkpoint.info_of(checkpoint.read(args.model))
-        packaging.store_model("bench", args.model, info, {**info.__dict__, "test_metrics": {}})
+        card = checkpoint.card_of(checkpoint.read(args.model))
+        packaging.store_model("bench", args.model, card)
     stored = bentoml.models.get(SETTINGS.model)
     model_path = Path(stored.path_of(packaging.MODEL_FILE))
     images = test_images(args.images)

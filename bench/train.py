@@ -1,7 +1,7 @@
 """Training throughput of the train stage's loop against a bare torch loop, in one invocation.
 
 For lenet5 at 32 px and resnet18 at 64 px: the same generated and processed data, model, batch
-size, thread count and seed go to `cnnpipe.training.fit` (what stages/train.py runs) and to a
+size, thread count and seed go to `cnnpipe.train.loop.fit` (what stages/train.py runs) and to a
 plain loop written with nothing but torch. Both are timed by the wall clock over all their epochs,
 validation pass included (the bare loop runs the same forward pass over the validation split each
 epoch); model building and data preparation are outside the clock. The runs alternate, starting
@@ -23,7 +23,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from cnnpipe import datasets, models, params, sources, training
+from cnnpipe.core import params
+from cnnpipe.core.dataset import read_spec, read_split
+from cnnpipe.data import sources, split
+from cnnpipe.model import registry
+from cnnpipe.train import loop
 
 CASES = (("lenet5", 32, 8), ("resnet18", 64, 2))  # model, image size, epochs
 
@@ -37,29 +41,29 @@ def prepare(root: Path, images_per_class: int) -> dict[int, Path]:
     out = {}
     for size in sorted({size for _, size, _ in CASES}):
         out[size] = root / f"processed-{size}"
-        datasets.write_processed(
+        split.write_processed(
             raw, out[size], params.parse({"process": {"image_size": size}}).process
         )
     return out
 
 
 def stage_loop(p: params.TrainParams, folder: Path) -> float:
-    """Images per second of training.fit, as the train stage calls it."""
-    meta = datasets.Meta.read(folder)
-    train, val = (datasets.read_split(folder, s, mmap=None) for s in ("train", "val"))
-    training.make_deterministic(p.seed, p.num_threads)
-    model = models.build(p.model, meta.channels, len(meta.classes), meta.image_size)
+    """Images per second of loop.fit, as the train stage calls it."""
+    meta = read_spec(folder)
+    train, val = (read_split(folder, s, mmap=None) for s in ("train", "val"))
+    loop.make_deterministic(p.seed, p.num_threads)
+    model = registry.build(p.model, meta.channels, len(meta.classes), meta.image_size)
     started = time.perf_counter()
-    training.fit(model, train, val, meta.mean, meta.std, p, torch.device("cpu"))
+    loop.fit(model, train, val, meta.mean, meta.std, p, torch.device("cpu"))
     return p.epochs * len(train.labels) / (time.perf_counter() - started)
 
 
 def bare_loop(p: params.TrainParams, folder: Path) -> float:
     """Images per second of the plainest torch loop that trains and validates the same way."""
-    meta = datasets.Meta.read(folder)
-    train, val = (datasets.read_split(folder, s, mmap=None) for s in ("train", "val"))
-    training.make_deterministic(p.seed, p.num_threads)
-    model = models.build(p.model, meta.channels, len(meta.classes), meta.image_size)
+    meta = read_spec(folder)
+    train, val = (read_split(folder, s, mmap=None) for s in ("train", "val"))
+    loop.make_deterministic(p.seed, p.num_threads)
+    model = registry.build(p.model, meta.channels, len(meta.classes), meta.image_size)
     optimizer = torch.optim.Adam(model.parameters(), lr=p.learning_rate)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=p.epochs)
     loss_fn = nn.CrossEntropyLoss()

@@ -1,24 +1,27 @@
-"""Stage 4: score models/model.pt on the test split; write metrics/evaluate and log to MLflow."""
+"""Stage 4: score the trained model on the test split: metrics, per-class scores, the confusion
+matrix and a grid of misclassified images, also added to the training's MLflow run."""
 
 from pathlib import Path
 
 from dvclive import Live
 
-from cnnpipe import checkpoint, datasets, evaluation, params, stage, training
-from cnnpipe.outputs import atomic_path, write_json
+from cnnpipe.core import params, stage
+from cnnpipe.core.dataset import read_split
+from cnnpipe.core.outputs import atomic_path, write_json
+from cnnpipe.evaluate import figures, metrics
+from cnnpipe.model import checkpoint
+from cnnpipe.model.inference import select_device
 from cnnpipe.tracking import Run
 
-PROCESSED, MODEL, OUT = Path("data/processed"), Path("models/model.pt"), Path("metrics/evaluate")
 
-
-def main() -> None:
+def main(processed: Path, model_file: Path, out: Path) -> None:
     p = params.load().evaluate
-    model, info, _ = checkpoint.load(MODEL)
-    test = datasets.read_split(PROCESSED, "test")
-    result = evaluation.evaluate(model, test, info, training.select_device("auto"), p.batch_size)
-    names = info.classes
+    model, card, _ = checkpoint.load(model_file)
+    test = read_split(processed, "test")
+    result = metrics.evaluate(model, test, card, select_device("auto"), p.batch_size)
+    names = card.classes
 
-    with atomic_path(OUT) as tmp:
+    with atomic_path(out) as tmp:
         with Live(str(tmp), dvcyaml=False, save_dvc_exp=False, report=None) as live:
             live.summary.update({k: round(v, 6) for k, v in result.metrics.items()})
             live.log_sklearn_plot(
@@ -27,21 +30,20 @@ def main() -> None:
                 [names[i] for i in result.y_pred],
                 name="confusion_matrix.json",
             )
-        images = tmp / "plots" / "images"
-        images.mkdir(parents=True, exist_ok=True)
-        evaluation.confusion_figure(result, names, images / "confusion_matrix.png")
-        wrong = evaluation.misclassified_figure(
-            result, test, names, images / "misclassified.png", p.max_misclassified
+        plots = tmp / "plots"
+        (plots / "images").mkdir(parents=True, exist_ok=True)
+        figures.confusion_figure(result, names, plots / "images" / "confusion_matrix.png")
+        wrong = figures.misclassified_figure(
+            result, test, names, plots / "images" / "misclassified.png", p.max_misclassified
         )
-        write_json(tmp / "report.json", result.report)
+        write_json(plots / "per_class.json", result.per_class)
 
-    run = Run.find(checkpoint.file_hash(MODEL))
+    run = Run.find(checkpoint.file_hash(model_file))
     run.log_metrics(result.metrics)
-    for name in ("confusion_matrix.png", "misclassified.png"):
-        run.log_artifact(OUT / "plots" / "images" / name, "evaluation")
-    run.log_artifact(OUT / "report.json", "evaluation")
+    for name in ("images/confusion_matrix.png", "images/misclassified.png", "per_class.json"):
+        run.log_artifact(out / "plots" / name, "evaluation")
     summary = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
-    stage.progress(f"evaluate: {summary}; {wrong} of {len(test.labels)} misclassified -> {OUT}")
+    stage.progress(f"evaluate: {summary}; {wrong} of {len(test.labels)} misclassified -> {out}")
 
 
 if __name__ == "__main__":

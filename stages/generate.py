@@ -1,32 +1,35 @@
-"""Stage 1: write the raw labelled images (data/raw) from the source in params `generate`, and
-the data report (metrics/generate: report.json, samples.png)."""
+"""Stage 1: write the raw labelled images from the source in params `generate`, and the data
+report (counts, skipped files, sizes; a grid of samples)."""
 
 from pathlib import Path
 
-from cnnpipe import datareport, params, sources, stage
-from cnnpipe.outputs import atomic_path, write_json
+from cnnpipe.core import params, stage
+from cnnpipe.core.outputs import atomic_path, write_json
+from cnnpipe.data import report, sources
 
-OUT, REPORT = Path("data/raw"), Path("metrics/generate")
 SHOW_SKIPPED = 20
 
 
-def main() -> None:
+def main(raw: Path, report_file: Path, samples_file: Path) -> None:
     p = params.load().generate
-    with atomic_path(OUT) as tmp, atomic_path(REPORT) as report:
-        raw = sources.write_raw(p, tmp)
-        report.mkdir()
-        summary = datareport.summary(raw, p)
-        write_json(report / "report.json", summary)
-        datareport.sample_grid(tmp, raw).save(report / "samples.png", optimize=True)
-    for skipped in raw.skipped[:SHOW_SKIPPED]:
+    with atomic_path(raw) as tmp:
+        written = sources.write_raw(p, tmp)
+        summary = report.summary(written, p)
+        grid = report.sample_grid(tmp, written)
+    write_json(report_file, summary)
+    with atomic_path(samples_file) as tmp:
+        grid.save(tmp, format="PNG", optimize=True)
+    for skipped in written.skipped[:SHOW_SKIPPED]:
         stage.progress(f"generate: skipped {skipped.path}: {skipped.reason}")
-    if raw.skipped:
-        more = len(raw.skipped) - SHOW_SKIPPED
+    if written.skipped:
+        more = len(written.skipped) - SHOW_SKIPPED
         listed = f" ({more} more not shown)" if more > 0 else ""
-        stage.progress(f"generate: {len(raw.skipped)} file(s) skipped{listed}, see {REPORT}")
+        stage.progress(
+            f"generate: {len(written.skipped)} file(s) skipped{listed}, see {report_file}"
+        )
     stage.progress(
-        f"generate: {summary['images']} images in {summary['classes']} classes -> {OUT} "
-        f"({raw.counts})"
+        f"generate: {summary['images']} images in {summary['classes']} classes -> {raw} "
+        f"({written.counts})"
     )
 
 

@@ -1,42 +1,36 @@
-"""Stage 5: put models/model.pt into the BentoML model store and export a bento (models/bento)."""
+"""Stage 5: put the trained model, with its model card, into the BentoML model store, and build
+and export a bento around it."""
 
 import json
 from pathlib import Path
 
-from cnnpipe import checkpoint, packaging, params, stage
-from cnnpipe.outputs import atomic_path, write_json
-from cnnpipe.project import git_revision
-
-MODEL, METRICS, OUT = (
-    Path("models/model.pt"),
-    Path("metrics/evaluate/metrics.json"),
-    Path("models/bento"),
-)
-BENTOFILE = Path("bentofile.yaml")
+from cnnpipe.core import params, stage
+from cnnpipe.core.outputs import atomic_path, write_json
+from cnnpipe.core.project import git_revision
+from cnnpipe.model import checkpoint
+from cnnpipe.serve import packaging
 
 
-def main() -> None:
+def main(model_file: Path, test_metrics: Path, bentofile: Path, out: Path) -> None:
     p = params.load().package
-    data = checkpoint.read(MODEL)
-    info = checkpoint.info_of(data)
-    model_hash = checkpoint.file_hash(MODEL)
+    model_hash = checkpoint.file_hash(model_file)
+    card = checkpoint.card_of(checkpoint.read(model_file)).model_copy(
+        update={
+            "sha256": model_hash,
+            "test_metrics": json.loads(test_metrics.read_text()),
+            "git_revision": git_revision() or "unknown",
+        }
+    )
     version = model_hash[:16]
-    metadata = {
-        **info.__dict__,
-        "sha256": model_hash,
-        "test_metrics": json.loads(METRICS.read_text()),
-        "git_revision": git_revision() or "unknown",
-        "best_epoch": data.get("best_epoch"),
-    }
-    model_tag = packaging.store_model(version, MODEL, info, metadata)
+    model_tag = packaging.store_model(version, model_file, card)
     stage.progress(f"package: model {model_tag} in the BentoML store")
-    with atomic_path(OUT) as tmp:
+    with atomic_path(out) as tmp:
         tmp.mkdir()
         record = {"model": model_tag, "bento": None}
         if p.build:
-            record["bento"] = packaging.build_bento(BENTOFILE, version, model_tag)
-            packaging.export_bento(record["bento"], tmp / "cnnpipe.bento")
-            stage.progress(f"package: bento {record['bento']} -> {OUT / 'cnnpipe.bento'}")
+            record["bento"] = packaging.build_bento(bentofile, version, model_tag)
+            packaging.export_bento(record["bento"], tmp / f"{packaging.NAME}.bento")
+            stage.progress(f"package: bento {record['bento']} -> {out}")
         write_json(tmp / packaging.TAGS_FILE.name, record)
 
 

@@ -1,21 +1,29 @@
-"""Shared fixtures: tiny params, and throwaway git+DVC copies of this repository."""
+"""Shared fixtures: tiny params, throwaway git+DVC copies of this repository, one reproduced
+project for the whole session, clones of it that share its DVC cache, and a real server."""
 
 from __future__ import annotations
 
+import io
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
-# Small enough that the whole pipeline runs in seconds, clean enough that two epochs learn it.
+# Small enough that the whole pipeline runs in seconds, clean enough that a few epochs learn it.
 TINY = {
     "generate": {
         "classes": ["circle", "square", "triangle"],
@@ -24,23 +32,36 @@ TINY = {
         "noise": 0.0,
         "clutter": 0,
         "random_colors": False,
-        "max_rotation": 30,
+        "max_rotation": 15,
     },
     "process": {"image_size": 32, "channels": 1, "val_ratio": 0.25, "test_ratio": 0.25},
     "train": {"epochs": 8, "batch_size": 8, "learning_rate": 0.003, "num_threads": 1},
     "evaluate": {"batch_size": 64},
-    "package": {"build": True},
+    "package": {"build": False},  # the packaging tests build bentos; nothing else needs one
 }
+STAGES = ["generate", "process", "train", "evaluate", "package"]
 
 
 def tiny_params(**overrides: dict) -> dict:
     """TINY with some sections' keys replaced, every key written out (as `dvc exp run -S` needs)."""
-    from cnnpipe import params as schema
+    from cnnpipe.core import params as schema
 
     params = {section: dict(values) for section, values in TINY.items()}
     for section, values in overrides.items():
         params[section].update(values)
     return schema.parse(params).model_dump()
+
+
+def stages_run(output: str) -> list[str]:
+    """The stages a `dvc repro` or `dvc exp run` output says it ran."""
+    return re.findall(r"Running stage '(\w+)'", output)
+
+
+def encode(image: Image.Image, fmt: str = "PNG", **options) -> bytes:
+    """An image file's bytes."""
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
 
 
 def free_port() -> int:
@@ -49,8 +70,39 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextmanager
+def serving(cwd: Path, env: dict, *args: str, timeout: float = 90) -> Iterator[str]:
+    """`bentoml serve [args]` on a free loopback port, until it answers /readyz; yields its URL."""
+    port = free_port()
+    command = [sys.executable, "-m", "bentoml", "serve", *args, "--port", str(port)]
+    server = subprocess.Popen(
+        [*command, "--host", "127.0.0.1"],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert server.poll() is None, server.communicate()[0]
+            assert time.monotonic() < deadline, f"{command} was not ready in {timeout} s"
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 class Project:
-    """A git+DVC copy of the repository's tracked files, with its own stores."""
+    """A git+DVC copy of the repository, with its own BentoML and MLflow stores."""
 
     def __init__(self, root: Path, home: Path) -> None:
         self.root = root
@@ -66,8 +118,10 @@ class Project:
             "GIT_COMMITTER_NAME": "cnnpipe tests",
             "GIT_COMMITTER_EMAIL": "tests@cnnpipe.invalid",
         }
-        for name in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_STAGE", "DVC_EXP_NAME"):
-            self.env.pop(name, None)
+        for name in os.environ:
+            if name.startswith(("CNNPIPE_", "MLFLOW_", "DVC_")):
+                self.env.pop(name, None)
+        self.env["DVC_NO_ANALYTICS"] = "1"
 
     def run(
         self, *args: str, check: bool = True, timeout: float = 600
@@ -80,30 +134,31 @@ class Project:
             assert result.returncode == 0, f"{args} failed:\n{result.stdout}\n{result.stderr}"
         return result
 
-    def popen(self, *args: str) -> subprocess.Popen:
-        """Start a long-running command (a server) in the copy."""
-        return subprocess.Popen(
-            args,
-            cwd=self.root,
-            env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-
     def dvc(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return self.run(sys.executable, "-m", "dvc", *args, check=check)
+
+    def stage(self, name: str, check: bool = False) -> subprocess.CompletedProcess:
+        """Run a stage's command as dvc.yaml gives it, without DVC."""
+        stages = yaml.safe_load((self.root / "dvc.lock").read_text())["stages"]
+        return self.run("bash", "-c", stages[name]["cmd"], check=check)
+
+    def params(self) -> dict:
+        return yaml.safe_load((self.root / "params.yaml").read_text())
 
     def write_params(self, params: dict) -> None:
         (self.root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     def commit(self, message: str) -> None:
         self.run("git", "add", "-A")
-        self.run("git", "commit", "-q", "-m", message)
+        self.run("git", "commit", "-q", "--allow-empty", "-m", message)
+
+    def serving(self, *args: str) -> Iterator[str]:
+        return serving(self.root, self.env, *args)
 
 
 def copy_project(dest: Path, home: Path, params: dict | None = None) -> Project:
-    """Copy the tracked files (as in the working tree) to dest, git init, commit."""
+    """Copy the tracked files (as in the working tree) to dest, without the committed results;
+    git init and commit."""
     files = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
         cwd=REPO,
@@ -113,17 +168,11 @@ def copy_project(dest: Path, home: Path, params: dict | None = None) -> Project:
     ).stdout.split("\0")
     for name in filter(None, files):
         source = REPO / name
-        if source.is_file():
+        if source.is_file() and not name.startswith(("dvc.lock", "metrics/")):
             target = dest / name
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target)
     project = Project(dest, home)
-    for generated in ("dvc.lock", "metrics/train", "metrics/evaluate"):
-        path = dest / generated
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
     if params is not None:
         project.write_params(params)
     project.run("git", "init", "-q", "-b", "main")
@@ -131,7 +180,53 @@ def copy_project(dest: Path, home: Path, params: dict | None = None) -> Project:
     return project
 
 
+def clone(source: Project, dest: Path) -> Project:
+    """A git clone of a project that shares its DVC cache (run-cache included), with its outputs
+    checked out and stores of its own."""
+    subprocess.run(["git", "clone", "-q", str(source.root), str(dest)], check=True)
+    project = Project(dest, dest.parent / f"{dest.name}-home")
+    project.dvc("cache", "dir", "--local", str(source.root / ".dvc" / "cache"))
+    project.dvc("checkout", "-q")
+    return project
+
+
+def run_stage(name: str, params: dict, cwd: Path, *paths: str) -> subprocess.CompletedProcess:
+    """Run a stage script in `cwd` with these params (written to params.yaml there)."""
+    (cwd / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    return subprocess.run(
+        [sys.executable, str(REPO / "stages" / f"{name}.py"), *paths],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_stores(tmp_path_factory) -> Iterator[None]:
+    """Keep this process's BentoML store and MLflow runs out of the user's home and project."""
+    home = tmp_path_factory.mktemp("stores")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BENTOML_HOME", str(home / "bentoml"))
+        patch.setenv("BENTOML_DO_NOT_TRACK", "True")
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
+        yield
+
+
+@pytest.fixture(scope="session")
+def reproduced(tmp_path_factory) -> Project:
+    """The project with tiny params after `dvc repro` (committed, dvc.lock included). Read it
+    only: tests that change things work in a `workspace`."""
+    base = tmp_path_factory.mktemp("reproduced")
+    project = copy_project(base / "repo", base, tiny_params())
+    project.repro_output = project.dvc("repro").stdout
+    project.commit("reproduced")
+    return project
+
+
 @pytest.fixture
-def project(tmp_path: Path) -> Project:
-    """A fresh copy with tiny params."""
-    return copy_project(tmp_path / "repo", tmp_path, tiny_params())
+def workspace(reproduced: Project, tmp_path: Path) -> Project:
+    """A clone of the reproduced project: same outputs, same DVC cache, stores of its own."""
+    return clone(reproduced, tmp_path / "repo")

@@ -1,24 +1,43 @@
-"""DistributedDataParallel on the CPU: two gloo processes through torchrun, on tiny params."""
+"""Training in several processes: torchrun's environment, the batch split, and two gloo processes
+through the params switch and through torchrun, on tiny params."""
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import sys
 
 import pytest
 import torch
-from conftest import Project, copy_project, tiny_params
+from conftest import Project, run_stage, tiny_params
 
-from cnnpipe import checkpoint, datasets, evaluation
+from cnnpipe.core.dataset import read_split
+from cnnpipe.core.errors import CnnpipeError
+from cnnpipe.evaluate import metrics
+from cnnpipe.model import checkpoint
+from cnnpipe.train import distributed
+from cnnpipe.train.distributed import ProcessRank
 
 EPOCHS = 3
 
 
-@pytest.fixture(scope="module")
-def distributed_project(tmp_path_factory) -> Project:
-    base = tmp_path_factory.mktemp("distributed")
-    return copy_project(base / "repo", base, tiny_params(train={"nproc": 2, "epochs": EPOCHS}))
+def test_global_batch_must_split_evenly_over_processes():
+    assert distributed.per_process_batch(64, 4) == 16
+    with pytest.raises(CnnpipeError, match="multiple of the process count"):
+        distributed.per_process_batch(10, 4)
+
+
+def test_the_rank_comes_from_torchrun_environment(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert ProcessRank.from_env() == ProcessRank(0, 1, 0) == distributed.ONE_PROCESS
+    assert not distributed.launched_by_torchrun()
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    rank = ProcessRank.from_env()
+    assert (rank.rank, rank.world_size, rank.local_rank) == (3, 4, 1)
+    assert rank.distributed and not rank.is_main
+    assert distributed.launched_by_torchrun()
 
 
 def mlflow_runs(project: Project) -> int:
@@ -26,9 +45,11 @@ def mlflow_runs(project: Project) -> int:
         return db.execute("select count(*) from runs").fetchone()[0]
 
 
-def test_the_params_switch_trains_in_two_processes_and_rank_0_writes_once(distributed_project):
-    project = distributed_project
-    output = project.dvc("repro", "evaluate").stdout
+@pytest.mark.e2e
+def test_two_processes_by_params_and_by_torchrun(workspace: Project):
+    project = workspace
+    project.write_params(tiny_params(train={"nproc": 2, "epochs": EPOCHS}))
+    output = project.dvc("repro", "train").stdout
     assert "starting 2 processes" in output and "on 2 processes on cpu" in output
     assert output.count("train: epoch 1/") == 1  # only rank 0 reports
     data = torch.load(project.root / "models/model.pt", weights_only=True)
@@ -37,34 +58,29 @@ def test_the_params_switch_trains_in_two_processes_and_rank_0_writes_once(distri
     rows = (project.root / "metrics/train/plots/metrics/val_accuracy.tsv").read_text()
     assert len(rows.splitlines()) == 1 + EPOCHS  # one dvclive writer: no doubled rows
     assert mlflow_runs(project) == 1
-    metrics = json.loads((project.root / "metrics/evaluate/metrics.json").read_text())
-    assert 0.0 <= metrics["test_accuracy"] <= 1.0
 
-
-def test_torchrun_trains_a_normal_model_that_loads_and_evaluates(distributed_project):
-    project = distributed_project
+    # Started by torchrun directly, with the stage's own command line: a normal model.
     project.write_params(tiny_params(train={"epochs": EPOCHS}))
     model_file = project.root / "models/model.pt"
     model_file.unlink()
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    result = project.run(*torchrun, "--nproc_per_node", "2", "stages/train.py")
+    args = ["data/processed", "models/model.pt", "metrics/train"]
+    result = project.run(*torchrun, "--nproc_per_node", "2", "stages/train.py", *args)
     assert "on 2 processes on cpu" in result.stdout
-    model, info, data = checkpoint.load(model_file)
+    model, card, data = checkpoint.load(model_file)
     assert data["params"]["nproc"] == 1  # torchrun, not the params switch, started the processes
-    assert data["best_epoch"] in range(1, EPOCHS + 1)
-    test = datasets.read_split(project.root / "data/processed", "test")
-    scored = evaluation.evaluate(model, test, info, torch.device("cpu"), 64)
+    assert card.best_epoch in range(1, EPOCHS + 1)
+    test = read_split(project.root / "data/processed", "test")
+    scored = metrics.evaluate(model, test, card, torch.device("cpu"), 64)
     assert len(scored.y_pred) == len(test.labels)
-    assert 0.0 <= scored.metrics["test_accuracy"] <= 1.0
     assert mlflow_runs(project) == 2
 
 
-def test_a_batch_that_does_not_split_over_the_processes_stops_with_one_line(distributed_project):
-    project = distributed_project
-    project.write_params(tiny_params(train={"nproc": 2, "batch_size": 15}))
-    result = project.run(sys.executable, "stages/train.py", check=False)
+def test_a_batch_that_does_not_split_over_the_processes_stops_with_one_line(tmp_path):
+    params = tiny_params(train={"nproc": 2, "batch_size": 15})
+    result = run_stage("train", params, tmp_path, "processed", "model.pt", "live")
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0, result.stderr
-    assert (
-        "train.batch_size 15" in result.stderr and "multiple of the process count" in result.stderr
-    )
+    assert "train.batch_size 15" in result.stderr
+    assert "multiple of the process count" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]

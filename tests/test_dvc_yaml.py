@@ -1,91 +1,131 @@
-"""dvc.yaml declares exactly what each stage reads: its params sections and its library modules.
+"""dvc.yaml declares exactly what each stage reads: its params sections and its library code.
 
-Each stage runs for real (tiny params) under a probe that records which params sections it reads
-and which cnnpipe modules it imports. An undeclared param would be silently ignored by DVC when it
-changes; an undeclared module would not re-run the stage when its code changes.
+Read from the code, without running it: an undeclared param would be silently ignored by DVC when
+it changes; undeclared code would not re-run the stage when it changes; over-declared code would
+re-run it for nothing.
 """
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
+import ast
+from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, copy_project, tiny_params
+from conftest import REPO
 
-PROBE = """
-import json, runpy, sys
-from cnnpipe import params
-
-read = set()
-load = params.load
+SRC = REPO / "src"
+DVC_YAML = yaml.safe_load((REPO / "dvc.yaml").read_text())
+STAGES = DVC_YAML["stages"]
+LIB = DVC_YAML["vars"][0]["lib"]
 
 
-class Recording:
-    def __init__(self, inner):
-        self._inner = inner
-
-    def __getattr__(self, name):
-        if name in type(self._inner).model_fields:
-            read.add(name)
-            return getattr(self._inner, name)
-        raise AssertionError(f"a stage used params.load().{name}; read a section instead")
+def module_file(name: str) -> Path | None:
+    """The file of a cnnpipe module (a package's __init__.py), None if there is none."""
+    path = SRC / name.replace(".", "/")
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+        if candidate.exists():
+            return candidate
+    return None
 
 
-params.load = lambda *args, **kwargs: Recording(load(*args, **kwargs))
-try:
-    runpy.run_path(sys.argv[1], run_name="__main__")
-finally:
-    modules = sorted(m for m in sys.modules if m == "cnnpipe" or m.startswith("cnnpipe."))
-    with open(sys.argv[2], "w") as f:
-        json.dump({"params": sorted(read), "modules": modules}, f)
-"""
-
-STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-
-
-@pytest.fixture(scope="module")
-def probed(tmp_path_factory) -> dict[str, dict]:
-    base = tmp_path_factory.mktemp("probe")
-    project = copy_project(base / "repo", base, tiny_params())
-    (base / "probe.py").write_text(PROBE)
-    found = {}
-    for name, stage in STAGES.items():
-        script = stage["cmd"].split()[-1]
-        out = base / f"{name}.json"
-        project.run(sys.executable, str(base / "probe.py"), script, str(out))
-        found[name] = json.loads(out.read_text())
+def imported_modules(tree: ast.AST) -> set[str]:
+    """The cnnpipe modules an AST imports, each with its parent packages."""
+    found = set()
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names = [
+                f"{node.module}.{alias.name}"
+                if module_file(f"{node.module}.{alias.name}")
+                else node.module
+                for alias in node.names
+            ]
+        for name in names:
+            if name.split(".")[0] == "cnnpipe":
+                parts = name.split(".")
+                found.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
     return found
 
 
-@pytest.mark.parametrize("stage", list(STAGES))
-def test_declared_params_are_the_params_the_stage_reads(probed, stage):
-    assert sorted(STAGES[stage].get("params", [])) == probed[stage]["params"]
+def closure(script: Path) -> set[Path]:
+    """Every library file a script imports, directly or through other library modules."""
+    seen: set[Path] = set()
+    todo = [script]
+    while todo:
+        tree = ast.parse(todo.pop().read_text())
+        for name in imported_modules(tree):
+            path = module_file(name)
+            if path is not None and path not in seen:
+                seen.add(path)
+                todo.append(path)
+    return seen
 
 
-@pytest.mark.parametrize("stage", list(STAGES))
-def test_declared_library_modules_are_the_modules_the_stage_imports(probed, stage):
-    declared = sorted(d for d in STAGES[stage]["deps"] if d.startswith("src/cnnpipe/"))
-    imported = sorted(
-        "src/" + m.replace(".", "/") + ("/__init__.py" if m == "cnnpipe" else ".py")
-        for m in probed[stage]["modules"]
-    )
-    assert declared == imported
+def test_library_code_imports_cnnpipe_at_module_level_only():
+    """The import graph read below is complete only if no function imports library code."""
+    for path in [*SRC.rglob("*.py"), *(REPO / "stages").glob("*.py")]:
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                inner = imported_modules(ast.Module(body=node.body, type_ignores=[]))
+                assert not inner, f"{path.relative_to(REPO)}: {node.name} imports {inner}"
+
+
+def sections_read(script: Path) -> set[str]:
+    """The params sections a stage reads: `params.load().<section>`."""
+    sections = set()
+    for node in ast.walk(ast.parse(script.read_text())):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Call)
+            and isinstance(node.value.func, ast.Attribute)
+            and node.value.func.attr == "load"
+        ):
+            sections.add(node.attr)
+    return sections
+
+
+def script_of(stage: dict) -> Path:
+    return REPO / stage["cmd"].split()[1]
+
+
+@pytest.mark.parametrize("name", list(STAGES))
+def test_declared_params_are_the_params_the_stage_reads(name):
+    stage = STAGES[name]
+    assert set(stage["params"]) == sections_read(script_of(stage))
+
+
+@pytest.mark.parametrize("name", list(STAGES))
+def test_declared_code_is_the_code_the_stage_imports(name):
+    stage = STAGES[name]
+    declared = [
+        REPO / dep.replace("${lib}", LIB) for dep in stage["deps"] if dep.startswith("${lib}")
+    ]
+    imported = closure(script_of(stage))
+    for path in imported:
+        assert any(path == d or d in path.parents for d in declared), (
+            f"{name} imports {path.relative_to(REPO)}, which dvc.yaml does not declare"
+        )
+    for dep in declared:
+        assert any(path == dep or dep in path.parents for path in imported), (
+            f"{name} declares {dep.relative_to(REPO)} but imports nothing of it"
+        )
+    assert script_of(stage).relative_to(REPO).as_posix() in stage["deps"]
 
 
 def test_the_bento_includes_exactly_the_modules_the_service_imports():
-    code = (
-        "import sys, cnnpipe.service; "
-        "print(' '.join(sorted(m for m in sys.modules if m.startswith('cnnpipe'))))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
-    )
-    imported = sorted(
-        m.replace(".", "/") + ("/__init__.py" if m == "cnnpipe" else ".py")
-        for m in out.stdout.split()
-    )
     bentofile = yaml.safe_load((REPO / "bentofile.yaml").read_text())
-    assert sorted(bentofile["include"]) == imported
+    module, _ = bentofile["service"].split(":")
+    service = module_file(module)
+    imported = {p.relative_to(SRC).as_posix() for p in closure(service) | {service}}
+    assert sorted(bentofile["include"]) == sorted(imported)
+
+
+def test_the_stages_are_a_chain_from_generate_to_package():
+    outs = {name: {str(o) for o in stage.get("outs", [])} for name, stage in STAGES.items()}
+    assert list(STAGES) == ["generate", "process", "train", "evaluate", "package"]
+    assert "${raw}" in outs["generate"] and "${raw}" in STAGES["process"]["deps"]
+    assert "${processed}" in STAGES["train"]["deps"] and "${model}" in STAGES["evaluate"]["deps"]

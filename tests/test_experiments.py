@@ -10,9 +10,11 @@ import time
 import mlflow
 import pytest
 import torch
-from conftest import Project, copy_project, tiny_params
+from conftest import Project, clone
 
 from cnnpipe.tracking import EXPERIMENT, MODEL_HASH_TAG
+
+pytestmark = pytest.mark.e2e
 
 
 def wait_for_queue(project: Project, timeout: float = 600) -> str:
@@ -29,13 +31,10 @@ GATE = ("-m", "cnnpipe.gate", "--rev", "HEAD", "--metric", "test_accuracy", "--m
 
 
 @pytest.fixture(scope="module")
-def experiments(tmp_path_factory) -> tuple[Project, dict]:
-    """repro; a deliberately worse workspace experiment (gated); back to the baseline (gated);
-    then one experiment in a temporary copy and one through the queue."""
-    base = tmp_path_factory.mktemp("experiments")
-    project = copy_project(base / "repo", base, tiny_params(package={"build": False}))
-    project.dvc("repro")
-    project.commit("baseline")
+def experiments(reproduced: Project, tmp_path_factory) -> tuple[Project, dict]:
+    """From the reproduced baseline: a deliberately worse workspace experiment (gated); back to
+    the baseline (gated); then one experiment in a temporary copy and one through the queue."""
+    project = clone(reproduced, tmp_path_factory.mktemp("experiments") / "repo")
     gates = {}
     project.dvc(
         "exp", "run", "-n", "worse", "-S", "train.learning_rate=1e-6", "-S", "train.epochs=1"
@@ -60,18 +59,17 @@ def mlflow_runs(project: Project) -> dict[str, mlflow.entities.Run]:
 
 def test_every_launch_lands_in_the_project_store(experiments):
     runs = mlflow_runs(experiments[0])
-    assert set(runs) == {"lenet5", "worse", "in-temp", "queued-sgd"}
+    assert set(runs) == {"worse", "in-temp", "queued-sgd"}
     assert runs["worse"].data.params["train.epochs"] == "1"
     assert runs["in-temp"].data.params["train.batch_size"] == "4"
     assert runs["queued-sgd"].data.params["train.optimizer"] == "sgd"
-    assert runs["lenet5"].data.params["generate.classes"] == "circle,square,triangle"
+    assert runs["worse"].data.params["generate.classes"] == "circle,square,triangle"
     for name, run in runs.items():
         assert {"val_accuracy", "train_loss", "test_accuracy", "test_f1_macro"} <= set(
             run.data.metrics
         ), name
         assert run.data.tags[MODEL_HASH_TAG] and run.data.tags["git_commit"] != "unknown"
-        if name != "lenet5":
-            assert run.data.tags["dvc_exp_name"] == name
+        assert run.data.tags["dvc_exp_name"] == name
 
 
 def test_runs_carry_the_evaluation_and_the_model(experiments, monkeypatch):
@@ -83,7 +81,7 @@ def test_runs_carry_the_evaluation_and_the_model(experiments, monkeypatch):
     assert files == {
         "evaluation/confusion_matrix.png",
         "evaluation/misclassified.png",
-        "evaluation/report.json",
+        "evaluation/per_class.json",
     }
     model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
     assert model(torch.zeros(1, 1, 32, 32)).shape == (1, 3)

@@ -1,9 +1,9 @@
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, run_stage, tiny_params
 
-from cnnpipe import params
-from cnnpipe.params import ParamsError
+from cnnpipe.core import params
+from cnnpipe.core.params import ParamsError
 
 
 def test_committed_params_yaml_is_valid_and_lists_every_key():
@@ -43,3 +43,14 @@ def test_load_reports_invalid_yaml(tmp_path):
     path.write_text("train: [unclosed\n")
     with pytest.raises(ParamsError, match="not valid YAML"):
         params.load(path)
+
+
+def test_bad_params_stop_the_stage_with_one_line(tmp_path):
+    params = tiny_params()
+    params["train"]["model"] = "vgg16"
+    result = run_stage("train", params, tmp_path, "processed", "models/model.pt", "live")
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert "train.model" in result.stderr and "'vgg16'" in result.stderr
+    assert "lenet5" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]

@@ -1,19 +1,12 @@
-import io
-
 import numpy as np
 import pytest
+from conftest import encode
 from PIL import Image
 
-from cnnpipe import preprocess
+from cnnpipe.core import preprocess
 
 COLOUR = (200, 30, 60)
 GREY = round(0.299 * 200 + 0.587 * 30 + 0.114 * 60)  # PIL's L conversion of COLOUR
-
-
-def encode(image: Image.Image, fmt: str, **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **options)
-    return buffer.getvalue()
 
 
 def solid(mode: str, size: tuple[int, int] = (20, 12)) -> Image.Image:

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import re
 
+import pytest
 import yaml
-from conftest import TINY, copy_project, tiny_params
+from conftest import TINY, Project, copy_project, stages_run, tiny_params
+
+pytestmark = pytest.mark.e2e
 
 DETERMINISTIC_STAGES = ("generate", "process", "train", "evaluate")
 
 
-def out_hashes(lock_text: str) -> dict[str, str]:
+def out_hashes(project: Project) -> dict[str, str]:
     """{out path: md5} of every output of the stages that must be byte-identical."""
-    lock = yaml.safe_load(lock_text)
+    lock = yaml.safe_load((project.root / "dvc.lock").read_text())
     return {
         out["path"]: out["md5"]
         for name in DETERMINISTIC_STAGES
@@ -20,32 +23,33 @@ def out_hashes(lock_text: str) -> dict[str, str]:
     }
 
 
-def test_two_fresh_copies_give_identical_outputs_and_the_run_cache_restores_them(tmp_path):
-    first = copy_project(tmp_path / "a", tmp_path / "a-home", tiny_params())
-    second = copy_project(tmp_path / "b", tmp_path / "b-home", tiny_params())
-    first.dvc("repro")
-    second.dvc("repro")
-    hashes = out_hashes((first.root / "dvc.lock").read_text())
+def test_a_fresh_copy_gives_identical_outputs(reproduced: Project, tmp_path):
+    fresh = copy_project(tmp_path / "repo", tmp_path, tiny_params())
+    assert stages_run(fresh.dvc("repro", "evaluate").stdout) == list(DETERMINISTIC_STAGES)
+    hashes = out_hashes(fresh)
     assert set(hashes) == {
         "data/raw",
-        "metrics/generate",
+        "metrics/generate/report.json",
+        "metrics/generate/samples.png",
         "data/processed",
-        "metrics/process",
+        "metrics/process/split.json",
         "models/model.pt",
         "metrics/train/metrics.json",
         "metrics/train/plots",
-        "metrics/evaluate",
+        "metrics/evaluate/metrics.json",
+        "metrics/evaluate/plots",
     }
-    assert hashes == out_hashes((second.root / "dvc.lock").read_text())
+    assert hashes == out_hashes(reproduced)
 
-    # Another run with other params, then an experiment with the first params again: DVC finds
-    # the earlier runs in its run-cache and checks their outputs out instead of training.
-    first.commit("first run")
-    first.write_params(tiny_params(train={"epochs": 2}))
-    assert "Running stage 'train'" in first.dvc("repro").stdout
-    first.commit("two epochs")
-    result = first.dvc("exp", "run", "-S", f"train.epochs={TINY['train']['epochs']}")
+
+def test_back_to_earlier_params_the_run_cache_restores_instead_of_training(workspace: Project):
+    hashes = out_hashes(workspace)
+    workspace.write_params(tiny_params(train={"epochs": 2}))
+    assert stages_run(workspace.dvc("repro").stdout) == ["train", "evaluate", "package"]
+    workspace.commit("two epochs")
+    result = workspace.dvc("exp", "run", "-S", f"train.epochs={TINY['train']['epochs']}")
     output = result.stdout + result.stderr
-    assert "Running stage 'train'" not in output
-    assert re.search(r"Stage 'train' is cached - skipping run", output), output
-    assert out_hashes((first.root / "dvc.lock").read_text()) == hashes
+    assert stages_run(output) == []
+    for name in ("train", "evaluate", "package"):
+        assert re.search(rf"Stage '{name}' is cached - skipping run", output), output
+    assert out_hashes(workspace) == hashes

@@ -1,51 +1,47 @@
 """The BentoML service, in-process (the class and its ASGI app) and as a real `bentoml serve`.
 
-A LeNet-5 trained for a few seconds on clean tiny shapes is stored in a throwaway model store;
-the store and the serving limits are set before bentoml and the service are imported.
+A LeNet-5 trained for a few seconds on clean tiny shapes is stored in the session's throwaway
+model store; the serving limits are set (as environment variables, which the service reads when
+it is imported) by the `service` fixture, before the service is imported.
 """
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import sys
-import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="cnnpipe-test-bentoml-")
-os.environ["BENTOML_DO_NOT_TRACK"] = "True"
+import httpx
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, TINY, encode, free_port, serving
+from PIL import Image
+from starlette.testclient import TestClient
+
+from cnnpipe.core import preprocess
+from cnnpipe.core.dataset import read_split
+from cnnpipe.core.errors import CnnpipeError
+from cnnpipe.core.params import GenerateParams, ProcessParams
+from cnnpipe.data import sources, split
+from cnnpipe.model import checkpoint, registry
+from cnnpipe.model.inference import probabilities
+from cnnpipe.serve import packaging
+
 MAX_UPLOAD = 2_000_000
 MAX_PIXELS = 1_000_000
-os.environ["CNNPIPE_MAX_UPLOAD_BYTES"] = str(MAX_UPLOAD)
-os.environ["CNNPIPE_MAX_PIXELS"] = str(MAX_PIXELS)
-os.environ["CNNPIPE_THREADS"] = "1"
-os.environ["CNNPIPE_MODEL"] = "cnnpipe:latest"  # the model stored below, not the workspace's
-
-import httpx  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from conftest import REPO, TINY, VENV_BIN, free_port  # noqa: E402
-from PIL import Image  # noqa: E402
-from starlette.testclient import TestClient  # noqa: E402
-
-from cnnpipe import checkpoint, datasets, models, packaging, preprocess, sources  # noqa: E402
-from cnnpipe.errors import CnnpipeError  # noqa: E402
-from cnnpipe.params import GenerateParams, ProcessParams  # noqa: E402
-
 TEST_METRICS = {"test_accuracy": 1.0}
 
 
-def train_tiny(split: datasets.Split, meta: datasets.Meta) -> torch.nn.Module:
+def train_tiny(images: np.ndarray, labels: np.ndarray, spec) -> torch.nn.Module:
     """LeNet-5 fitted to the clean shapes in a few seconds."""
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    model = models.build("lenet5", meta.channels, len(meta.classes), meta.image_size)
-    x = preprocess.normalize(torch.from_numpy(np.asarray(split.images)), meta.mean, meta.std)
-    y = torch.from_numpy(split.labels)
+    model = registry.build("lenet5", spec.channels, len(spec.classes), spec.image_size)
+    x = preprocess.normalize(torch.from_numpy(np.asarray(images)), spec.mean, spec.std)
+    y = torch.from_numpy(labels)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.005)
     for _ in range(40):
         for i in torch.randperm(len(x)).split(16):
@@ -61,32 +57,45 @@ def stored(tmp_path_factory) -> dict:
     base = tmp_path_factory.mktemp("service")
     raw, processed = base / "raw", base / "processed"
     sources.write_raw(GenerateParams(**{**TINY["generate"], "images_per_class": 60}), raw)
-    meta = datasets.write_processed(raw, processed, ProcessParams(**TINY["process"]))
-    model = train_tiny(datasets.read_split(processed, "train", mmap=False), meta)
-    info = checkpoint.ModelInfo(
-        "lenet5", meta.classes, meta.image_size, meta.channels, meta.mean, meta.std
+    spec, _ = split.write_processed(raw, processed, ProcessParams(**TINY["process"]))
+    train = read_split(processed, "train", mmap=False)
+    model = train_tiny(train.images, train.labels, spec)
+    checkpoint.save(base / "model.pt", model, "lenet5", spec, {"best_epoch": 1})
+    card = checkpoint.card_of(checkpoint.read(base / "model.pt")).model_copy(
+        update={
+            "sha256": checkpoint.file_hash(base / "model.pt"),
+            "test_metrics": TEST_METRICS,
+            "git_revision": "abc123",
+        }
     )
-    checkpoint.save(base / "model.pt", model, info, {"best_epoch": 1})
-    metadata = {
-        **info.__dict__,
-        "sha256": checkpoint.file_hash(base / "model.pt"),
-        "test_metrics": TEST_METRICS,
-        "git_revision": "abc123",
-        "best_epoch": 1,
-    }
-    tag = packaging.store_model("test0000", base / "model.pt", info, metadata)
-    test = datasets.read_split(processed, "test", mmap=False)
-    from cnnpipe.service import probabilities
+    tag = packaging.store_model("test0000", base / "model.pt", card)
+    test = read_split(processed, "test", mmap=False)
+    predicted = probabilities(model, spec, test.images).argmax(1)
+    return {"raw": raw, "tag": tag, "info": spec, "test": test, "predicted": predicted}
 
-    predicted = probabilities(model, info, test.images).argmax(1)
-    return {"raw": raw, "tag": tag, "info": info, "test": test, "predicted": predicted}
+
+SETTINGS_ENV = {
+    "CNNPIPE_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
+    "CNNPIPE_MAX_PIXELS": str(MAX_PIXELS),
+    "CNNPIPE_THREADS": "1",
+}
 
 
 @pytest.fixture(scope="module")
-def client(stored):
-    from cnnpipe.service import Classifier
+def service(stored):
+    """The service module, imported with this module's settings and the stored model."""
+    assert "cnnpipe.serve.service" not in sys.modules, "imported before its settings were set"
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in {**SETTINGS_ENV, "CNNPIPE_MODEL": stored["tag"]}.items():
+            patch.setenv(name, value)
+        from cnnpipe.serve import service
 
-    with TestClient(Classifier.to_asgi(), raise_server_exceptions=False) as c:
+        yield service
+
+
+@pytest.fixture(scope="module")
+def client(service):
+    with TestClient(service.Classifier.to_asgi(), raise_server_exceptions=False) as c:
         yield c
 
 
@@ -99,12 +108,6 @@ def one_per_class(stored) -> list[tuple[Path, str]]:
             firsts.setdefault(classes[label], stored["raw"] / file)
     assert list(firsts) == classes, "the tiny model gets no test image of some class right"
     return [(path, name) for name, path in firsts.items()]
-
-
-def png(image: Image.Image, fmt: str = "PNG", **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **options)
-    return buffer.getvalue()
 
 
 def post(client, data: bytes, name: str = "x.png", ctype: str | None = "image/png", **form):
@@ -122,21 +125,17 @@ def post(client, data: bytes, name: str = "x.png", ctype: str | None = "image/pn
 # ---- in-process: the class
 
 
-def test_the_class_predicts_each_class_of_generated_images(stored):
-    from cnnpipe.service import Classifier
-    from cnnpipe.service import Image as Upload
-
-    service = Classifier()
+def test_the_class_predicts_each_class_of_generated_images(service, stored):
+    classifier = service.Classifier()
     for path, label in one_per_class(stored):
         pixels = preprocess.load(path, 32, 1)
-        (result,) = service.predict([Upload(pixels, None)])
+        (result,) = classifier.predict([service.Image(pixels, None)])
         assert result.label == label
         assert sum(result.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
 
 
-def test_settings_come_from_env_and_bad_values_name_the_variable():
-    from cnnpipe.service import settings_from_env
-
+def test_settings_come_from_env_and_bad_values_name_the_variable(service):
+    settings_from_env = service.settings_from_env
     assert settings_from_env({"CNNPIPE_MAX_BATCH_SIZE": "8"}).max_batch_size == 8
     assert settings_from_env({"CNNPIPE_WORKERS": "2"}).workers == 2
     with pytest.raises(CnnpipeError, match="CNNPIPE_MAX_BATCH_SIZE='lots'"):
@@ -211,12 +210,12 @@ def test_health_and_openapi_with_a_file_upload(client):
 
 
 def truncated(fmt: str) -> bytes:
-    data = png(Image.new("RGB", (64, 64), (200, 10, 10)).effect_spread(8), fmt)
+    data = encode(Image.new("RGB", (64, 64), (200, 10, 10)).effect_spread(8), fmt)
     return data[: len(data) // 2]
 
 
 def bomb() -> bytes:
-    return png(Image.new("L", (MAX_PIXELS // 500 + 1, 500)))
+    return encode(Image.new("L", (MAX_PIXELS // 500 + 1, 500)))
 
 
 BAD = {
@@ -276,20 +275,20 @@ def unusual(path: Path) -> dict[str, tuple[bytes, str]]:
     exif[0x0112] = 6
     big = grey.resize((1000, 900))
     return {
-        "greyscale": (png(grey), "image/png"),
-        "palette": (png(grey.convert("P")), "image/png"),
-        "RGBA": (png(grey.convert("RGBA")), "image/png"),
-        "16-bit": (png(Image.fromarray(np.asarray(grey).astype(np.uint16) * 257)), "image/png"),
-        "CMYK JPEG": (png(grey.convert("CMYK"), "JPEG", quality=98), "image/jpeg"),
-        "EXIF-rotated": (png(rotated, "PNG", exif=exif), "image/png"),
+        "greyscale": (encode(grey), "image/png"),
+        "palette": (encode(grey.convert("P")), "image/png"),
+        "RGBA": (encode(grey.convert("RGBA")), "image/png"),
+        "16-bit": (encode(Image.fromarray(np.asarray(grey).astype(np.uint16) * 257)), "image/png"),
+        "CMYK JPEG": (encode(grey.convert("CMYK"), "JPEG", quality=98), "image/jpeg"),
+        "EXIF-rotated": (encode(rotated, "PNG", exif=exif), "image/png"),
         "animated GIF": (
-            png(grey.convert("P"), "GIF", save_all=True, append_images=[rotated.convert("P")]),
+            encode(grey.convert("P"), "GIF", save_all=True, append_images=[rotated.convert("P")]),
             "image/gif",
         ),
-        "WebP": (png(grey, "WEBP", lossless=True), "image/webp"),
-        "BMP": (png(grey, "BMP"), "image/bmp"),
-        "TIFF": (png(grey, "TIFF"), "image/tiff"),
-        "large": (png(big), "application/octet-stream"),
+        "WebP": (encode(grey, "WEBP", lossless=True), "image/webp"),
+        "BMP": (encode(grey, "BMP"), "image/bmp"),
+        "TIFF": (encode(grey, "TIFF"), "image/tiff"),
+        "large": (encode(big), "application/octet-stream"),
     }
 
 
@@ -300,7 +299,7 @@ def test_unusual_but_valid_images_are_read_as_the_same_picture(client, stored):
         assert reply.status_code == 200, (name, reply.text)
         assert reply.json()["label"] == label, name
     for size in [(1, 1), (3000, 7)]:
-        assert post(client, png(Image.new("RGB", size))).status_code == 200
+        assert post(client, encode(Image.new("RGB", size))).status_code == 200
 
 
 # ---- a real server
@@ -308,37 +307,13 @@ def test_unusual_but_valid_images_are_read_as_the_same_picture(client, stored):
 
 @pytest.fixture(scope="module")
 def server(stored):
-    port = free_port()
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO / "src"),
-        "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None, process.communicate()[0]
-            time.sleep(0.3)
+    env = {**os.environ, **SETTINGS_ENV, "CNNPIPE_MODEL": stored["tag"]}
+    env["PYTHONPATH"] = str(REPO / "src")
+    with serving(REPO, env) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
+@pytest.mark.e2e
 def test_server_predicts_each_class_and_serves_metadata_and_metrics(server, stored):
     for path, label in one_per_class(stored):
         with open(path, "rb") as f:
@@ -350,6 +325,7 @@ def test_server_predicts_each_class_and_serves_metadata_and_metrics(server, stor
     assert 'endpoint="/predict"' in metrics
 
 
+@pytest.mark.e2e
 def test_server_bad_batch_fails_alone_among_concurrent_batches(server, stored):
     """Concurrent /predict_batch requests are grouped; the one with a bad image gets 400, the
     others their results, and the server keeps answering."""
@@ -383,12 +359,9 @@ def test_server_bad_batch_fails_alone_among_concurrent_batches(server, stored):
     assert httpx.get(f"{server}/readyz").status_code == 200
 
 
+@pytest.mark.e2e
 def test_serve_without_the_model_fails_with_one_line(tmp_path):
-    env = {
-        **os.environ,
-        "BENTOML_HOME": str(tmp_path / "empty"),
-        "PYTHONPATH": str(REPO / "src"),
-    }
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "empty"), "PYTHONPATH": str(REPO / "src")}
     result = subprocess.run(
         [sys.executable, "-m", "bentoml", "serve", "--port", str(free_port())],
         cwd=REPO,
@@ -403,9 +376,8 @@ def test_serve_without_the_model_fails_with_one_line(tmp_path):
     assert "dvc repro" in lines[0] and "bentoml import" in lines[0]
 
 
-def test_in_the_project_root_the_workspace_model_is_served(tmp_path, monkeypatch):
-    from cnnpipe.service import settings_from_env
-
+def test_in_the_project_root_the_workspace_model_is_served(service, tmp_path, monkeypatch):
+    settings_from_env = service.settings_from_env
     monkeypatch.chdir(tmp_path)
     assert settings_from_env({}).model == "cnnpipe:latest"
     tags = tmp_path / "models/bento/tags.json"

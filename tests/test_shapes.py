@@ -1,6 +1,7 @@
 import numpy as np
 
-from cnnpipe import params, shapes, sources
+from cnnpipe.core import params
+from cnnpipe.data import shapes, sources
 
 
 def test_same_seed_gives_the_same_pixels_and_another_seed_does_not():

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from cnnpipe.project import git_revision, project_root
+from cnnpipe.core.project import git_revision, project_root
 
 EXPERIMENT = "cnnpipe"
 MODEL_HASH_TAG = "cnnpipe.model_sha256"
@@ -185,8 +185,7 @@ class Run:
 
 
 def _requirements() -> list[str]:
-    import torch
-    import torchvision
+    """The pinned torch pair the logged model needs (local version labels such as +cpu dropped)."""
+    from importlib.metadata import version
 
-    strip = lambda v: v.split("+")[0]  # noqa: E731
-    return [f"torch=={strip(torch.__version__)}", f"torchvision=={strip(torchvision.__version__)}"]
+    return [f"{name}=={version(name).split('+')[0]}" for name in ("torch", "torchvision")]

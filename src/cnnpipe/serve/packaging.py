@@ -8,21 +8,23 @@ from pathlib import Path
 import bentoml
 from bentoml.exceptions import NotFound
 
-from cnnpipe.checkpoint import ModelInfo
+from cnnpipe.model.checkpoint import ModelCard
 
 NAME = "cnnpipe"  # of the stored model and of the bento (bentofile.yaml)
 MODEL_FILE = "model.pt"
 TAGS_FILE = Path("models/bento/tags.json")  # the tags of the workspace's model and bento
 
 
-def store_model(version: str, model_path: Path, info: ModelInfo, metadata: dict) -> str:
-    """Put the model file into the model store as cnnpipe:version (kept if already there)."""
+def store_model(version: str, model_path: Path, card: ModelCard) -> str:
+    """Put the model file into the model store as cnnpipe:version, its card as the metadata
+    (kept if already there)."""
     tag = f"{NAME}:{version}"
     try:
         return str(bentoml.models.get(tag).tag)
     except NotFound:
         pass
-    labels = {"architecture": info.architecture, "classes": str(len(info.classes))}
+    labels = {"architecture": card.architecture, "classes": str(len(card.classes))}
+    metadata = card.model_dump(exclude_none=True)  # BentoML metadata holds no None
     with bentoml.models.create(tag, labels=labels, metadata=metadata) as ref:
         (Path(ref.path) / MODEL_FILE).write_bytes(model_path.read_bytes())
     return tag

@@ -13,7 +13,7 @@ from typing import IO, TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from cnnpipe.errors import CnnpipeError
+from cnnpipe.core.errors import CnnpipeError
 
 if TYPE_CHECKING:
     import torch

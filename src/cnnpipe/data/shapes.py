@@ -7,57 +7,10 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw
 
-from cnnpipe.params import GenerateParams
+from cnnpipe.core.outlines import OUTLINES
+from cnnpipe.core.params import GenerateParams
 
 SUPERSAMPLE = 2  # shapes are drawn at twice the size, then downsampled, for smooth edges
-
-
-def _regular(n: int, radius: float = 1.0, phase: float = -math.pi / 2) -> np.ndarray:
-    angles = phase + np.arange(n) * 2 * math.pi / n
-    return radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)
-
-
-def _star() -> np.ndarray:
-    outer, inner = _regular(5), _regular(5, 0.42, -math.pi / 2 + math.pi / 5)
-    return np.stack([outer, inner], axis=1).reshape(-1, 2)
-
-
-def _cross(arm: float = 0.33) -> np.ndarray:
-    a, b = arm, 1.0
-    return np.array(
-        [
-            (-a, -b),
-            (a, -b),
-            (a, -a),
-            (b, -a),
-            (b, a),
-            (a, a),
-            (a, b),
-            (-a, b),
-            (-a, a),
-            (-b, a),
-            (-b, -a),
-            (-a, -a),
-        ]
-    )
-
-
-def _ellipse(rng: np.random.Generator) -> np.ndarray:
-    circle = _regular(48)
-    return circle * np.array([1.0, rng.uniform(0.45, 0.7)])
-
-
-# Outlines on the unit disc; each is scaled, rotated and moved per image.
-OUTLINES = {
-    "circle": lambda rng: _regular(48),
-    "ellipse": _ellipse,
-    "square": lambda rng: _regular(4, phase=math.pi / 4),
-    "triangle": lambda rng: _regular(3),
-    "pentagon": lambda rng: _regular(5),
-    "hexagon": lambda rng: _regular(6),
-    "star": lambda rng: _star(),
-    "cross": lambda rng: _cross(),
-}
 
 
 def _colours(rng: np.random.Generator, random_colors: bool) -> tuple[tuple, tuple]:
@@ -83,7 +36,7 @@ def draw_shape(shape: str, params: GenerateParams, rng: np.random.Generator) -> 
         draw.line([(x0, y0), (x1, y1)], fill=shade, width=int(rng.integers(1, 2 * SUPERSAMPLE + 1)))
 
     radius = 0.5 * size * rng.uniform(params.min_scale, params.max_scale)
-    theta = math.radians(rng.uniform(-params.max_rotation / 2, params.max_rotation / 2))
+    theta = math.radians(rng.uniform(-params.max_rotation, params.max_rotation))
     rotation = np.array([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]])
     room = max(0.0, 0.5 * size - radius)
     centre = 0.5 * size + rng.uniform(-1, 1, 2) * min(room, params.max_offset * size)

@@ -8,7 +8,6 @@ very file the user has (and would send to the service) through the one conversio
 
 from __future__ import annotations
 
-import csv
 import shutil
 from collections import Counter
 from collections.abc import Iterator
@@ -18,15 +17,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cnnpipe import preprocess, shapes
-from cnnpipe.errors import CnnpipeError
-from cnnpipe.params import GenerateParams
-from cnnpipe.stage import progress
-
-LABELS_FILE = "labels.csv"
-IMAGES_DIR = "images"
-# The process stage puts at least one image of each class into each of train, val and test.
-MIN_IMAGES_PER_CLASS = 3
+from cnnpipe.core import preprocess
+from cnnpipe.core.dataset import IMAGES_DIR, LABELS_FILE, MIN_IMAGES_PER_CLASS, write_labels
+from cnnpipe.core.errors import CnnpipeError
+from cnnpipe.core.params import GenerateParams
+from cnnpipe.core.stage import progress
+from cnnpipe.data import shapes
 
 Item = tuple[str, str, Image.Image]  # (file name within its class folder, class, image)
 
@@ -187,8 +183,6 @@ def write_raw(params: GenerateParams, out: Path) -> RawData:
     else:
         items = shape_items(params) if params.source == "shapes" else digit_items(params)
         _write_items(items, out, raw)
-    with open(out / LABELS_FILE, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["file", "label"])
-        writer.writerows((name, label) for label, names in raw.files.items() for name in names)
+    rows = [(name, label) for label, names in raw.files.items() for name in names]
+    write_labels(out / LABELS_FILE, rows)
     return raw

@@ -1,8 +1,7 @@
-"""Evaluation on the test split: metrics, a per-class report and the figures a reviewer looks at."""
+"""The figures a reviewer looks at: the confusion matrix and a grid of misclassified images."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -10,52 +9,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from sklearn.metrics import (  # noqa: E402
-    ConfusionMatrixDisplay,
-    accuracy_score,
-    classification_report,
-    precision_recall_fscore_support,
-)
+from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
-from cnnpipe.checkpoint import ModelInfo  # noqa: E402
-from cnnpipe.datasets import Split  # noqa: E402
-from cnnpipe.training import Stepper, as_tensor, evaluate_split  # noqa: E402
+from cnnpipe.core.dataset import Split  # noqa: E402
+from cnnpipe.evaluate.metrics import Evaluation  # noqa: E402
 
 PNG_METADATA = {"Software": None}  # no version string in the PNGs: same results, same bytes
-
-
-@dataclass
-class Evaluation:
-    y_true: np.ndarray
-    y_pred: np.ndarray
-    metrics: dict[str, float]
-    report: dict
-
-
-def evaluate(
-    model: torch.nn.Module, split: Split, info: ModelInfo, device: torch.device, batch_size: int
-) -> Evaluation:
-    """Predict every image of the split and score the predictions."""
-    stepper = Stepper(device, info.mean, info.std)
-    model.to(device)
-    labels = torch.from_numpy(split.labels)
-    _, _, predicted = evaluate_split(model, as_tensor(split.images), labels, stepper, batch_size)
-    y_true, y_pred = split.labels, predicted.numpy()
-    every = list(range(len(info.classes)))
-    precision, recall, f1, _ = precision_recall_fscore_support(
-        y_true, y_pred, labels=every, average="macro", zero_division=0
-    )
-    metrics = {
-        "test_accuracy": float(accuracy_score(y_true, y_pred)),
-        "test_precision_macro": float(precision),
-        "test_recall_macro": float(recall),
-        "test_f1_macro": float(f1),
-    }
-    report = classification_report(
-        y_true, y_pred, labels=every, target_names=info.classes, output_dict=True, zero_division=0
-    )
-    return Evaluation(y_true, y_pred, metrics, report)
 
 
 def confusion_figure(result: Evaluation, classes: list[str], path: Path) -> None:

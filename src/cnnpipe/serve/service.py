@@ -37,9 +37,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from cnnpipe import checkpoint, preprocess
-from cnnpipe.errors import CnnpipeError
-from cnnpipe.packaging import MODEL_FILE, NAME, TAGS_FILE
+from cnnpipe.core import preprocess
+from cnnpipe.core.errors import CnnpipeError
+from cnnpipe.model import checkpoint
+from cnnpipe.model.checkpoint import ModelCard
+from cnnpipe.model.inference import probabilities
+from cnnpipe.serve.packaging import MODEL_FILE, NAME, TAGS_FILE
 
 if t.TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -132,19 +135,11 @@ class Prediction(BaseModel):
     )
 
 
-class Metadata(BaseModel):
+class ServedModel(ModelCard):
+    """/metadata: the model card of the served model, and its tag in the store."""
+
     model: str
     version: str
-    architecture: str
-    classes: list[str]
-    image_size: int
-    channels: int
-    mean: list[float]
-    std: list[float]
-    sha256: str | None
-    test_metrics: dict[str, t.Any]
-    git_revision: str | None
-    best_epoch: int | None
 
 
 class Image(t.NamedTuple):
@@ -152,15 +147,6 @@ class Image(t.NamedTuple):
 
     pixels: np.ndarray  # uint8 (channels, size, size), as preprocess.load made it
     top_k: int | None
-
-
-def probabilities(
-    model: torch.nn.Module, info: checkpoint.ModelInfo, batch: np.ndarray
-) -> np.ndarray:
-    """Class probabilities for a uint8 batch (N, C, H, W) made by preprocess.load."""
-    with torch.inference_mode():
-        x = preprocess.normalize(torch.as_tensor(batch), info.mean, info.std)
-        return torch.softmax(model(x), dim=1).numpy()
 
 
 def _error(loc: tuple[str | int, ...], kind: str, message: str) -> InitErrorDetails:
@@ -314,8 +300,8 @@ def _decode(part: str | UploadFile) -> np.ndarray:
             "or application/octet-stream"
         )
     part.file.seek(0)
-    info = bentoml.get_current_service().info
-    return preprocess.load(part.file.read(), info.image_size, info.channels, SETTINGS.max_pixels)
+    spec = bentoml.get_current_service().metadata
+    return preprocess.load(part.file.read(), spec.image_size, spec.channels, SETTINGS.max_pixels)
 
 
 class PredictInput(_Upload):
@@ -417,29 +403,22 @@ class Classifier:
 
     def __init__(self) -> None:
         torch.set_num_threads(SETTINGS.torch_threads)
-        self.model, self.info, _ = checkpoint.load(Path(self.bento_model.path_of(MODEL_FILE)))
+        self.model, _, _ = checkpoint.load(Path(self.bento_model.path_of(MODEL_FILE)))
         stored = self.bento_model.info
-        meta = stored.metadata
-        self.metadata = Metadata(
-            model=str(stored.tag),
-            version=str(stored.tag.version),
-            **{k: v for k, v in self.info.__dict__.items()},
-            sha256=meta.get("sha256"),
-            test_metrics=meta.get("test_metrics") or {},
-            git_revision=meta.get("git_revision"),
-            best_epoch=meta.get("best_epoch"),
+        self.metadata = ServedModel(
+            **stored.metadata, model=str(stored.tag), version=str(stored.tag.version)
         )
 
     def _classify(self, images: list[Image]) -> list[Prediction]:
-        probs = probabilities(self.model, self.info, np.stack([im.pixels for im in images]))
+        probs = probabilities(self.model, self.metadata, np.stack([im.pixels for im in images]))
         results = []
         for p, image in zip(probs, images, strict=True):
             ranked = np.argsort(-p, kind="stable")[: image.top_k]
             results.append(
                 Prediction(
-                    label=self.info.classes[ranked[0]],
+                    label=self.metadata.classes[ranked[0]],
                     confidence=float(p[ranked[0]]),
-                    probabilities={self.info.classes[i]: float(p[i]) for i in ranked},
+                    probabilities={self.metadata.classes[i]: float(p[i]) for i in ranked},
                 )
             )
         return results

@@ -12,10 +12,12 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from cnnpipe.errors import CnnpipeError
+from cnnpipe.core.architectures import ARCHITECTURES
+from cnnpipe.core.errors import CnnpipeError
+from cnnpipe.core.outlines import OUTLINES
 
-SHAPES = ("circle", "square", "triangle", "star", "pentagon", "hexagon", "ellipse", "cross")
-MODELS = ("lenet5", "resnet18", "efficientnet_b0", "densenet121")
+SHAPES = tuple(OUTLINES)
+MODELS = tuple(ARCHITECTURES)
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
@@ -37,7 +39,7 @@ class GenerateParams(Section):
     seed: int = 0
     min_scale: float = Field(default=0.5, gt=0.0, le=1.0)
     max_scale: float = Field(default=0.9, gt=0.0, le=1.0)
-    max_rotation: float = Field(default=180.0, ge=0.0, le=360.0)
+    max_rotation: float = Field(default=90.0, ge=0.0, le=180.0)  # degrees, each direction
     max_offset: Fraction = 0.25
     random_colors: bool = True
     noise: Fraction = 0.15

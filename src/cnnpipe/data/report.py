@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from cnnpipe import preprocess
-from cnnpipe.params import GenerateParams
-from cnnpipe.sources import RawData
+from cnnpipe.core import preprocess
+from cnnpipe.core.params import GenerateParams
+from cnnpipe.data.sources import RawData
 
 MOST_COMMON_SIZES = 10
 

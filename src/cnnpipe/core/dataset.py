@@ -1,0 +1,92 @@
+"""The data passed between stages, and the record of what a model takes.
+
+Raw data (generate): `images/<class>/<file>` and `labels.csv` (file, label).
+Processed data (process): per split a CSV (file, label), `<split>_images.npy` (uint8,
+N x C x H x W) and `<split>_labels.npy` (int64), and `meta.json`: the InputSpec of every model
+trained on it, with the images per class in each split. No stage after process decodes an image.
+This module imports no torch.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from cnnpipe.core.errors import CnnpipeError
+
+LABELS_FILE = "labels.csv"
+IMAGES_DIR = "images"
+SPLITS = ("train", "val", "test")
+META_FILE = "meta.json"
+# Every class needs one image in each split.
+MIN_IMAGES_PER_CLASS = len(SPLITS)
+IN_MEMORY_LIMIT = 1 << 30  # image arrays up to 1 GiB are trained on from RAM, larger ones mapped
+
+
+class InputSpec(BaseModel):
+    """What a model takes and predicts: written by the process stage, kept in the checkpoint, the
+    model store and the service's /metadata."""
+
+    model_config = ConfigDict(frozen=True)
+
+    classes: list[str]
+    image_size: int
+    channels: int
+    mean: list[float]  # per channel, of the train split's pixels scaled to [0, 1]
+    std: list[float]
+
+
+@dataclass(frozen=True)
+class Split:
+    images: np.ndarray  # uint8 (N, C, H, W), in RAM or memory-mapped
+    labels: np.ndarray  # int64 (N,)
+    files: list[str]
+
+
+def write_labels(path: Path, rows: list[tuple[str, str]]) -> None:
+    """A labels CSV: one (file, label) row per image."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file", "label"])
+        writer.writerows(rows)
+
+
+def read_labels(path: Path) -> tuple[list[str], list[str]]:
+    """The (file, label) columns of a labels CSV."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [r["file"] for r in rows], [r["label"] for r in rows]
+
+
+def write_meta(folder: Path, spec: InputSpec, counts: dict[str, dict[str, int]]) -> None:
+    meta = {**spec.model_dump(), "counts": counts}
+    (folder / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+def read_spec(folder: Path) -> InputSpec:
+    """The InputSpec of processed data."""
+    path = folder / META_FILE
+    if not path.exists():
+        raise CnnpipeError(f"{path}: not found; run the process stage first (dvc repro process)")
+    meta = json.loads(path.read_text())
+    return InputSpec(**{name: meta[name] for name in InputSpec.model_fields})
+
+
+def read_split(folder: Path, name: str, mmap: bool | None = True) -> Split:
+    """One split's arrays and file list. The images are memory-mapped (mmap=True), read into RAM
+    (False), or memory-mapped only when larger than IN_MEMORY_LIMIT (None: what training wants;
+    reading instead of mapping keeps a copy out of the page tables)."""
+    path = folder / f"{name}_images.npy"
+    if not path.exists():
+        raise CnnpipeError(f"{path}: not found; run the process stage first (dvc repro process)")
+    if mmap is None:
+        mmap = path.stat().st_size > IN_MEMORY_LIMIT
+    images = np.load(path, mmap_mode="r" if mmap else None)
+    labels = np.load(folder / f"{name}_labels.npy")
+    files, _ = read_labels(folder / f"{name}.csv")
+    return Split(images, labels, files)

@@ -1,0 +1,123 @@
+"""The model registry: LeNet-5 and three torchvision architectures behind one `build` call.
+
+Which architectures exist, and what each needs of its input, is cnnpipe.core.architectures."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cnnpipe.core.architectures import ARCHITECTURES
+from cnnpipe.core.errors import CnnpipeError
+
+
+class LeNet5(nn.Module):
+    """LeNet-5 in its common modern form: 32x32 input, C1 6@5x5, S2 avg-pool, C3 16@5x5 (full
+    connection to S2), S4 avg-pool, C5 120, F6 84, then a linear layer over the classes."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 6, kernel_size=5),  # C1: 32 -> 28
+            nn.ReLU(),
+            nn.AvgPool2d(2),  # S2: 28 -> 14
+            nn.Conv2d(6, 16, kernel_size=5),  # C3: 14 -> 10
+            nn.ReLU(),
+            nn.AvgPool2d(2),  # S4: 10 -> 5
+            nn.Conv2d(16, 120, kernel_size=5),  # C5: 5 -> 1
+            nn.ReLU(),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, num_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def _first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
+    return next((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, attribute = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attribute, module)
+
+
+def _adapt_first_conv(model: nn.Module, in_channels: int) -> None:
+    """Make the model's first convolution read `in_channels` inputs; pretrained RGB filters are
+    averaged."""
+    name, conv = _first_conv(model)
+    if conv.in_channels == in_channels:
+        return
+    new = nn.Conv2d(
+        in_channels,
+        conv.out_channels,
+        kernel_size=conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        bias=conv.bias is not None,
+    )
+    with torch.no_grad():
+        new.weight.copy_(conv.weight.sum(dim=1, keepdim=True).expand_as(new.weight) / in_channels)
+        if conv.bias is not None:
+            new.bias.copy_(conv.bias)
+    _set_module(model, name, new)
+
+
+def _replace_head(model: nn.Module, num_classes: int) -> None:
+    if isinstance(getattr(model, "fc", None), nn.Linear):
+        model.fc = nn.Linear(model.fc.in_features, num_classes)
+    elif isinstance(getattr(model, "classifier", None), nn.Linear):
+        model.classifier = nn.Linear(model.classifier.in_features, num_classes)
+    else:
+        last = model.classifier[-1]
+        model.classifier[-1] = nn.Linear(last.in_features, num_classes)
+
+
+def _torchvision(name: str, num_classes: int, pretrained: bool) -> nn.Module:
+    from torchvision import models  # imported when needed: it doubles torch's import time
+
+    builder = getattr(models, name)
+    if not pretrained:
+        return builder(weights=None, num_classes=num_classes)
+    try:
+        model = builder(weights="DEFAULT")
+    except Exception as exc:  # any download or cache failure
+        raise CnnpipeError(
+            f"pretrained weights for {name} could not be loaded ({exc}); "
+            "set train.pretrained: false or put the weights in the torch hub cache"
+        ) from None
+    _replace_head(model, num_classes)
+    return model
+
+
+def build(
+    name: str, in_channels: int, num_classes: int, image_size: int, pretrained: bool = False
+) -> nn.Module:
+    """A fresh model from the registry, checked against the input it will get."""
+    if name not in ARCHITECTURES:
+        choices = ", ".join(ARCHITECTURES)
+        raise CnnpipeError(f"train.model: {name!r} is unknown; choose one of {choices}")
+    arch = ARCHITECTURES[name]
+    if arch.fixed_size is not None and image_size != arch.fixed_size:
+        raise CnnpipeError(
+            f"{name} takes {arch.fixed_size}x{arch.fixed_size} input but process.image_size is "
+            f"{image_size}; set process.image_size: {arch.fixed_size} or choose another model"
+        )
+    if image_size < arch.min_size:
+        raise CnnpipeError(
+            f"{name} needs images of at least {arch.min_size} px, got {image_size}; "
+            f"raise process.image_size"
+        )
+    if not arch.torchvision:
+        if pretrained:
+            raise CnnpipeError(f"{name} has no pretrained weights; set train.pretrained: false")
+        return LeNet5(in_channels, num_classes)
+    model = _torchvision(name, num_classes, pretrained)
+    _adapt_first_conv(model, in_channels)
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

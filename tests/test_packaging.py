@@ -1,0 +1,70 @@
+"""The package stage: the model into the BentoML store, a bento built around it and exported; the
+archive served from an empty store."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import Project, serving, stages_run, tiny_params
+
+from cnnpipe.model import checkpoint
+
+pytestmark = pytest.mark.e2e
+
+STORE_ANOTHER_MODEL = """
+import sys
+from pathlib import Path
+from cnnpipe.model import checkpoint
+from cnnpipe.serve import packaging
+card = checkpoint.card_of(checkpoint.read(Path(sys.argv[1])))
+print(packaging.store_model("ffffffffffffffff", Path(sys.argv[1]), card))
+"""
+
+
+def test_the_bento_bundles_the_workspace_model_and_serves_from_an_empty_store(
+    workspace: Project, tmp_path: Path
+):
+    # A model stored after the workspace's: the store's latest, which the bento must not take.
+    newer = workspace.run("python", "-c", STORE_ANOTHER_MODEL, "models/model.pt").stdout.strip()
+    assert newer == "cnnpipe:ffffffffffffffff"
+    workspace.write_params(tiny_params(package={"build": True}))
+    assert stages_run(workspace.dvc("repro").stdout) == ["package"]
+
+    model_file = workspace.root / "models/model.pt"
+    version = checkpoint.file_hash(model_file)[:16]
+    tags = json.loads((workspace.root / "models/bento/tags.json").read_text())
+    assert tags == {"model": f"cnnpipe:{version}", "bento": f"cnnpipe:{version}"}
+    archive = workspace.root / "models/bento/cnnpipe.bento"
+    with tarfile.open(archive) as bento:
+        names = bento.getnames()
+    bundled = {Path(n).parts[-2] for n in names if n.endswith("model.pt")}
+    assert bundled == {version}
+    assert not any("stages/" in n or "/data/" in n or n.endswith("tracking.py") for n in names)
+
+    empty = {**workspace.env, "BENTOML_HOME": str(tmp_path / "empty-store")}
+    imported = subprocess.run(
+        [sys.executable, "-m", "bentoml", "import", str(archive)],
+        cwd=tmp_path,
+        env=empty,
+        capture_output=True,
+        text=True,
+    )
+    assert imported.returncode == 0, imported.stderr
+    image = next((workspace.root / "data/raw/images/circle").iterdir())
+    with serving(tmp_path, empty, f"cnnpipe:{version}") as url:
+        metadata = httpx.get(f"{url}/metadata").json()
+        with open(image, "rb") as f:
+            reply = httpx.post(f"{url}/predict", files={"file": f}, timeout=30)
+    assert metadata["model"] == f"cnnpipe:{version}"
+    assert metadata["sha256"] == checkpoint.file_hash(model_file)
+    assert reply.status_code == 200 and set(reply.json()["probabilities"]) == {
+        "circle",
+        "square",
+        "triangle",
+    }
