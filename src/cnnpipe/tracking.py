@@ -66,6 +66,7 @@ class Run:
     def __init__(self) -> None:
         self.run_id: str | None = None
         self.failed = False
+        self._mlflow_client: Any = None
 
     def _guard(self, what: str, action: Callable[[], Any]) -> Any:
         if self.failed:
@@ -82,12 +83,15 @@ class Run:
             return None
 
     def _client(self):
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-        import mlflow
+        """The run's MLflow client, made on first use (importing mlflow takes a second)."""
+        if self._mlflow_client is None:
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+            import mlflow
 
-        mlflow.set_tracking_uri(tracking_uri())
-        return mlflow.MlflowClient()
+            mlflow.set_tracking_uri(tracking_uri())
+            self._mlflow_client = mlflow.MlflowClient()
+        return self._mlflow_client
 
     @classmethod
     def start(cls, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> Run:
