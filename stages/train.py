@@ -15,8 +15,8 @@ from cnnpipe.train import distributed, session
 
 def main(processed: Path, model_file: Path, live_dir: Path) -> None:
     p = params.load().train
+    session.check(p)  # bad values stop it here, before any process starts
     if p.nproc > 1 and not distributed.launched_by_torchrun():
-        distributed.per_process_batch(p.batch_size, p.nproc)  # a bad value stops it here
         stage.progress(f"train: starting {p.nproc} processes (torchrun --standalone)")
         distributed.launch(p.nproc, __file__, sys.argv[1:])
         return

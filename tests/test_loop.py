@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from cnnpipe.core import params
@@ -8,8 +9,9 @@ from cnnpipe.train import loop
 
 
 def train_params(**kw) -> params.TrainParams:
-    base = {"epochs": 2, "batch_size": 8, "learning_rate": 0.01, "num_threads": 1}
-    return params.parse({"train": {**base, **kw}}).train
+    base = {"epochs": 2, "batch_size": 8, "learning_rate": 0.01, "weight_decay": 0.0}
+    base |= {"warmup_epochs": 0, "label_smoothing": 0, "ema_decay": 0, "augment": False, "erase": 0}
+    return params.parse({"train": {**base, "num_threads": 1, **kw}}).train
 
 
 def toy_split(n: int, seed: int) -> Split:
@@ -22,11 +24,11 @@ def toy_split(n: int, seed: int) -> Split:
     return Split(images, labels, [f"{i}.png" for i in range(n)])
 
 
-def fit(p: params.TrainParams, on_epoch=lambda m: None):
+def fit(p: params.TrainParams, on_epoch=lambda m: None, model=None, **kw):
     loop.make_deterministic(p.seed, p.num_threads)
-    model = registry.build("lenet5", 1, 2, 32)
+    model = model or registry.build("lenet5", 1, 2, 32)
     train, val = toy_split(40, 0), toy_split(12, 1)
-    return loop.fit(model, train, val, [0.5], [0.3], p, torch.device("cpu"), on_epoch)
+    return loop.fit(model, train, val, [0.5], [0.3], p, torch.device("cpu"), on_epoch, **kw)
 
 
 def test_fit_is_deterministic_and_keeps_the_best_epoch():
@@ -49,3 +51,55 @@ def test_bf16_and_channels_last_train_on_the_cpu():
     model, result = fit(train_params(epochs=1, mixed_precision="bf16", channels_last=True))
     assert result.history[0].train_loss > 0
     assert all(p.is_contiguous() for p in model.parameters())
+
+
+def test_the_moving_average_is_scored_each_epoch_and_kept_when_it_is_better():
+    seen = []
+    _, result = fit(train_params(epochs=4, ema_decay=0.9), seen.append)
+    assert all(m.ema_val_accuracy is not None for m in seen)
+    scores = [(max(m.val_accuracy, m.ema_val_accuracy), m.epoch) for m in seen]
+    best = max(score for score, _ in scores)
+    assert result.best_val_accuracy == best
+    first = next(m for m in seen if max(m.val_accuracy, m.ema_val_accuracy) == best)
+    assert result.best_epoch == first.epoch
+    assert result.best_weights == ("model" if first.val_accuracy == best else "ema")
+    _, off = fit(train_params(epochs=1), seen.append)
+    assert seen[-1].ema_val_accuracy is None and off.best_weights == "model"
+
+
+def test_early_stopping_ends_after_patience_epochs_without_a_better_score():
+    seen = []
+    _, result = fit(train_params(epochs=30, patience=2, learning_rate=0.02), seen.append)
+    assert result.epochs_run == len(seen) < 30  # the toy data is learnt long before 30
+    assert result.epochs_run == result.best_epoch + 2
+    assert all(m.val_accuracy <= result.best_val_accuracy for m in seen)
+
+
+def test_balanced_class_weights_make_each_class_weigh_the_same():
+    labels = np.array([0] * 90 + [1] * 10)
+    weights = loop.class_weights(labels, 3, "balanced")
+    counts = np.bincount(labels, minlength=3)
+    assert weights[0] * counts[0] == pytest.approx(weights[1] * counts[1])
+    assert weights.tolist() == pytest.approx([100 / (2 * 90), 100 / (2 * 10), 1.0])
+    assert loop.class_weights(labels, 3, "none") is None
+
+
+def test_label_smoothing_keeps_the_loss_above_its_floor():
+    _, plain = fit(train_params(epochs=15, learning_rate=0.02))
+    _, smooth = fit(train_params(epochs=15, learning_rate=0.02, label_smoothing=0.2))
+    # two classes, smoothing 0.2: the best a model can do is cross-entropy against (0.9, 0.1)
+    floor = -(0.9 * np.log(0.9) + 0.1 * np.log(0.1))
+    assert smooth.history[-1].train_loss > floor - 1e-3
+    assert plain.history[-1].train_loss < floor
+
+
+def test_frozen_epochs_train_only_the_head():
+    model = registry.build("lenet5", 1, 2, 32)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trained, _ = fit(train_params(epochs=1), model=model, freeze_epochs=1)
+    after = trained.state_dict()
+    head = registry.head_name(model) + "."
+    for name, value in before.items():
+        changed = not torch.equal(value, after[name])
+        assert changed == name.startswith(head), name
+    assert all(p.requires_grad for p in trained.parameters())  # unfrozen for later use

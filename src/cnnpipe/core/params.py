@@ -20,6 +20,8 @@ SHAPES = tuple(OUTLINES)
 MODELS = tuple(ARCHITECTURES)
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+AUTO = "auto"  # a train value taken from the architecture's recipe (cnnpipe.core.architectures)
+Auto = Literal["auto"]
 
 
 class Section(BaseModel):
@@ -80,26 +82,36 @@ class TrainParams(Section):
     """The model and how it is trained."""
 
     model: Literal[MODELS] = "lenet5"  # type: ignore[valid-type]
-    pretrained: bool = False
-    epochs: int = Field(default=20, ge=1)
+    # a checkpoint to start from: a cnnpipe models/model.pt or a torchvision state dict file;
+    # the default, the (empty) folder checkpoints/, means from scratch
+    init_from: str = "checkpoints"
+    freeze_epochs: int = Field(default=0, ge=0)  # with init_from: train only the new head first
+    pretrained: bool = False  # torchvision's download of ImageNet weights (needs the internet)
+    epochs: Annotated[int, Field(ge=1)] | Auto = AUTO  # the most; early stopping may end sooner
+    patience: int = Field(default=0, ge=0)  # stop after this many epochs without a better val
     batch_size: int = Field(default=64, ge=1)
-    learning_rate: float = Field(default=0.005, gt=0.0)
-    optimizer: Literal["adam", "sgd"] = "adam"
-    momentum: Fraction = 0.9
-    weight_decay: float = Field(default=0.0, ge=0.0)
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    learning_rate: Annotated[float, Field(gt=0.0)] | Auto = AUTO
+    momentum: Fraction = 0.9  # sgd
+    weight_decay: Annotated[float, Field(ge=0.0)] | Auto = AUTO  # decoupled in adamw; not biases
     lr_schedule: Literal["none", "cosine", "step"] = "cosine"
-    step_size: int = Field(default=5, ge=1)
-    gamma: float = Field(default=0.1, gt=0.0, le=1.0)
+    warmup_epochs: float = Field(default=2.0, ge=0.0)  # linear warmup before the schedule
+    step_size: int = Field(default=5, ge=1)  # step schedule: epochs per step
+    gamma: float = Field(default=0.1, gt=0.0, le=1.0)  # step schedule: factor per step
+    label_smoothing: float = Field(default=0.1, ge=0.0, lt=1.0)
+    ema_decay: float = Field(default=0.99, ge=0.0, lt=1.0)  # moving average of the weights; 0: off
+    class_weight: Literal["none", "balanced"] = "none"  # balanced: rare classes weigh more
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int = Field(default=0, ge=0)
     mixed_precision: Literal["none", "bf16"] = "none"
     channels_last: bool = False
-    augment: bool = False  # random affine changes (and flips, if `flip`) of each training batch
+    augment: bool = True  # random affine changes (and flips, if `flip`) of each training batch
     max_shift: int = Field(default=2, ge=0, le=64)  # pixels, each direction
     max_rotation: float = Field(default=10.0, ge=0.0, le=180.0)  # degrees, each direction
     max_zoom: float = Field(default=0.1, ge=0.0, lt=1.0)  # scale within 1 +- max_zoom
     flip: bool = False  # mirror left-right too (wrong for digits and text)
+    erase: Fraction = 0.25  # probability of erasing a random rectangle of each training image
     nproc: int = Field(default=1, ge=1)  # >1: DistributedDataParallel in that many processes
 
 
@@ -129,7 +141,13 @@ class ParamsError(CnnpipeError):
 
 
 def _describe(error: dict) -> str:
-    key = ".".join(str(p) for p in error["loc"])
+    loc = error["loc"]
+    if len(loc) > 2 and loc[-1] == f"literal[{AUTO!r}]":
+        return ""  # the other member of the union (a number, or auto) says it
+    if len(loc) > 2 and isinstance(loc[-1], str) and not loc[-1].isidentifier():
+        loc = loc[:-1]  # a union member: name the key, and that auto is allowed too
+        error = {**error, "msg": f"{error['msg']}, or {AUTO}"}
+    key = ".".join(str(p) for p in loc)
     value = error.get("input")
     kind = error["type"]
     ctx = error.get("ctx") or {}
@@ -159,7 +177,7 @@ def parse(raw: dict | None) -> Params:
     try:
         return Params.model_validate(raw or {})
     except ValidationError as exc:
-        lines = [_describe(e) for e in exc.errors()]
+        lines = list(filter(None, (_describe(e) for e in exc.errors())))
         raise ParamsError("params.yaml: " + "; ".join(lines)) from None
 
 

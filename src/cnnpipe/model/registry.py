@@ -35,8 +35,22 @@ class LeNet5(nn.Module):
         return self.classifier(self.features(x))
 
 
-def _first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
-    return next((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
+def first_conv_name(model: nn.Module) -> str:
+    """The name of the model's first convolution, the one that reads the image."""
+    return next(n for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
+
+
+def head_name(model: nn.Module) -> str:
+    """The name of the classifier head: the model's last Linear layer."""
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+
+
+def adapt_filters(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """First-convolution filters for `in_channels` inputs that answer a grey image as the given
+    ones answer the same image in their channels: RGB filters summed for greyscale, grey ones
+    spread over RGB."""
+    summed = weight.sum(dim=1, keepdim=True)
+    return (summed / in_channels).expand(-1, in_channels, -1, -1).clone()
 
 
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -45,9 +59,9 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def _adapt_first_conv(model: nn.Module, in_channels: int) -> None:
-    """Make the model's first convolution read `in_channels` inputs; pretrained RGB filters are
-    averaged."""
-    name, conv = _first_conv(model)
+    """Make the model's first convolution read `in_channels` inputs."""
+    name = first_conv_name(model)
+    conv = model.get_submodule(name)
     if conv.in_channels == in_channels:
         return
     new = nn.Conv2d(
@@ -59,20 +73,15 @@ def _adapt_first_conv(model: nn.Module, in_channels: int) -> None:
         bias=conv.bias is not None,
     )
     with torch.no_grad():
-        new.weight.copy_(conv.weight.sum(dim=1, keepdim=True).expand_as(new.weight) / in_channels)
+        new.weight.copy_(adapt_filters(conv.weight, in_channels))
         if conv.bias is not None:
             new.bias.copy_(conv.bias)
     _set_module(model, name, new)
 
 
 def _replace_head(model: nn.Module, num_classes: int) -> None:
-    if isinstance(getattr(model, "fc", None), nn.Linear):
-        model.fc = nn.Linear(model.fc.in_features, num_classes)
-    elif isinstance(getattr(model, "classifier", None), nn.Linear):
-        model.classifier = nn.Linear(model.classifier.in_features, num_classes)
-    else:
-        last = model.classifier[-1]
-        model.classifier[-1] = nn.Linear(last.in_features, num_classes)
+    head = head_name(model)
+    _set_module(model, head, nn.Linear(model.get_submodule(head).in_features, num_classes))
 
 
 def _torchvision(name: str, num_classes: int, pretrained: bool) -> nn.Module:

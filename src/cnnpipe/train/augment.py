@@ -1,4 +1,4 @@
-"""Augmentation on tensors on the device: one resampling per batch, no decoding."""
+"""Augmentation on tensors on the device, per batch, from a seeded generator: no decoding."""
 
 from __future__ import annotations
 
@@ -29,3 +29,33 @@ def augment(x: torch.Tensor, generator: torch.Generator, params: TrainParams) ->
         mask = torch.rand(n, generator=generator) < 0.5
         x = torch.where(mask.to(x.device).view(-1, 1, 1, 1), x.flip(-1), x)
     return x
+
+
+def erase(
+    x: torch.Tensor,
+    generator: torch.Generator,
+    probability: float,
+    area: tuple[float, float] = (0.02, 0.25),
+    aspect: tuple[float, float] = (0.3, 3.3),
+) -> torch.Tensor:
+    """Random erasing (Zhong et al., as torchvision's RandomErasing) on a normalised batch: with
+    `probability`, one rectangle per image (`area` of the image, `aspect` ratio) set to 0, the
+    channel mean; every image its own rectangle, drawn from `generator`, in one pass."""
+    n, _, height, width = x.shape
+    u = torch.rand(n, 5, generator=generator)
+    size = (area[0] + u[:, 0] * (area[1] - area[0])) * height * width
+    low, high = math.log(aspect[0]), math.log(aspect[1])
+    ratio = torch.exp(low + u[:, 1] * (high - low))
+    h = torch.sqrt(size * ratio).clamp(1, height)
+    w = torch.sqrt(size / ratio).clamp(1, width)
+    top, left = u[:, 2] * (height - h), u[:, 3] * (width - w)
+    rows = torch.arange(height).view(1, height, 1)
+    cols = torch.arange(width).view(1, 1, width)
+    inside = (
+        (rows >= top.view(-1, 1, 1))
+        & (rows < (top + h).view(-1, 1, 1))
+        & (cols >= left.view(-1, 1, 1))
+        & (cols < (left + w).view(-1, 1, 1))
+        & (u[:, 4] < probability).view(-1, 1, 1)
+    )
+    return x.masked_fill(inside.unsqueeze(1).to(x.device), 0.0)

@@ -1,7 +1,10 @@
 """The training loop: uint8 arrays in, the best-on-validation weights out.
 
-One loop serves one process and many (see cnnpipe.train.distributed): the metrics are summed over
-all processes, so every process picks the same best epoch.
+Each epoch trains on the seeded order, then scores the model (and its exponential moving average,
+when on) on the validation split; the better of the two is kept when it beats the best so far,
+and training stops early after `patience` epochs without a better one. One loop serves one
+process and many (see cnnpipe.train.distributed): the metrics are summed over all processes, so
+every process makes the same choices.
 """
 
 from __future__ import annotations
@@ -17,13 +20,16 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from cnnpipe.core.dataset import Split
 from cnnpipe.core.params import TrainParams
 from cnnpipe.model.inference import Placement, predict
-from cnnpipe.train.augment import augment
+from cnnpipe.model.registry import head_name
+from cnnpipe.train.augment import augment, erase
 from cnnpipe.train.batches import batches, resident, shuffled_order
 from cnnpipe.train.distributed import ONE_PROCESS, ProcessRank, per_process_batch, reduce_sums
+from cnnpipe.train.optim import make_optimizer, make_scheduler
 
 
 @dataclass
@@ -36,12 +42,15 @@ class EpochMetrics:
     learning_rate: float
     seconds: float
     images_per_second: float
+    ema_val_accuracy: float | None = None  # of the weights' moving average, when it is on
 
 
 @dataclass
 class FitResult:
-    best_epoch: int
-    best_val_accuracy: float
+    best_epoch: int = 0
+    best_val_accuracy: float = -1.0
+    best_weights: str = "model"  # "model", or "ema": the moving average scored better
+    epochs_run: int = 0
     history: list[EpochMetrics] = field(default_factory=list)
     train_seconds: float = 0.0
 
@@ -58,25 +67,24 @@ def make_deterministic(seed: int, num_threads: int) -> None:
         torch.set_num_threads(num_threads)
 
 
-def make_optimizer(model: nn.Module, params: TrainParams) -> torch.optim.Optimizer:
-    if params.optimizer == "sgd":
-        return torch.optim.SGD(
-            model.parameters(),
-            lr=params.learning_rate,
-            momentum=params.momentum,
-            weight_decay=params.weight_decay,
-        )
-    return torch.optim.Adam(
-        model.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay
-    )
+def class_weights(labels: np.ndarray, classes: int, choice: str) -> torch.Tensor | None:
+    """Loss weights per class: none, or `balanced` (n / (classes * count), as scikit-learn's
+    compute_class_weight), which makes every class count as much as the others."""
+    if choice == "none":
+        return None
+    from sklearn.utils.class_weight import compute_class_weight
+
+    present = np.unique(labels)
+    weights = np.ones(classes)
+    weights[present] = compute_class_weight("balanced", classes=present, y=labels)
+    return torch.tensor(weights, dtype=torch.float32)
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, params: TrainParams):
-    if params.lr_schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=params.epochs)
-    if params.lr_schedule == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, params.step_size, params.gamma)
-    return None
+def freeze_all_but_head(model: nn.Module, frozen: bool) -> None:
+    """Train only the classifier head (frozen) or every parameter."""
+    head = head_name(model) + "."
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad = not frozen or name.startswith(head)
 
 
 def fit(
@@ -89,32 +97,44 @@ def fit(
     device: torch.device,
     on_epoch: Callable[[EpochMetrics], None] = lambda m: None,
     rank: ProcessRank = ONE_PROCESS,
+    freeze_epochs: int = 0,
 ) -> tuple[nn.Module, FitResult]:
-    """Train for params.epochs; return the model with the weights of its best validation epoch.
+    """Train for up to params.epochs; return the model with the best validation weights.
 
-    In a distributed run every process calls this with its `rank`; `on_epoch` is called on
-    rank 0.
+    With `freeze_epochs`, only the head trains for that many epochs (a model started from a
+    checkpoint). In a distributed run every process calls this with its `rank`; `on_epoch` is
+    called on rank 0.
     """
     batch_size = per_process_batch(params.batch_size, rank.world_size)
     placement = Placement(device, mean, std, params.channels_last, params.mixed_precision == "bf16")
     model.to(device=device, memory_format=placement.memory_format)
-    trained = model
-    if rank.distributed:
-        trained = DistributedDataParallel(model, device_ids=[device] if placement.cuda else None)
-    optimizer = make_optimizer(model, params)
-    scheduler = make_scheduler(optimizer, params)
-    loss_fn = nn.CrossEntropyLoss()
-    augmenting = torch.Generator().manual_seed(params.seed + rank.rank)
+    freeze_all_but_head(model, freeze_epochs > 0)
+    trained = _wrapped(model, rank, placement)
     train_x, train_y = resident(train.images, device), torch.from_numpy(train.labels)
     # each process scores every world_size-th validation image; the sums are then combined
     val_x = resident(val.images[rank.rank :: rank.world_size], device)
     val_y = torch.from_numpy(val.labels[rank.rank :: rank.world_size])
     if isinstance(train_x, torch.Tensor):
         train_y, val_y = train_y.to(train_x.device), val_y.to(train_x.device)
+    steps = -(-len(shuffled_order(len(train_y), 0, 1, rank)) // batch_size)
+    optimizer = make_optimizer(model, params)
+    scheduler = make_scheduler(optimizer, params, steps)
+    weights = class_weights(train.labels, int(train.labels.max()) + 1, params.class_weight)
+    loss_fn = nn.CrossEntropyLoss(
+        weight=None if weights is None else weights.to(device),
+        label_smoothing=params.label_smoothing,
+    )
+    ema = None
+    if params.ema_decay > 0:
+        average = get_ema_multi_avg_fn(params.ema_decay)
+        ema = AveragedModel(model, multi_avg_fn=average, use_buffers=True)
+    generator = torch.Generator().manual_seed(params.seed + rank.rank)
 
-    result = FitResult(best_epoch=0, best_val_accuracy=-1.0)
-    best_state = None
+    result, best_state, since_best = FitResult(), None, 0
     for epoch in range(1, params.epochs + 1):
+        if epoch == freeze_epochs + 1 and freeze_epochs > 0:
+            freeze_all_but_head(model, False)
+            trained = _wrapped(model, rank, placement)
         trained.train()
         started = time.perf_counter()
         order = shuffled_order(len(train_y), params.seed, epoch, rank)
@@ -122,41 +142,77 @@ def fit(
         for x, y in batches(train_x, train_y, batch_size, order):
             x, y = placement.inputs(x, y)
             if params.augment:
-                x = augment(x, augmenting, params)
+                x = augment(x, generator, params)
+            if params.erase > 0:
+                x = erase(x, generator, params.erase)
             with placement.precision():
                 logits = trained(x)
                 loss = loss_fn(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
             loss_sum += loss.detach() * len(y)
             correct += (logits.detach().argmax(1) == y).sum()
             seen += len(y)
         seen, correct, loss_sum = reduce_sums([seen, correct, loss_sum], rank, device)
         seconds = time.perf_counter() - started
-        learning_rate = optimizer.param_groups[0]["lr"]
-        if scheduler is not None:
-            scheduler.step()
-        val_loss, val_accuracy, _ = predict(model, val_x, val_y, placement, batch_size)
-        n_val, val_loss, val_correct = reduce_sums(
-            [len(val_y), val_loss * len(val_y), val_accuracy * len(val_y)], rank, device
-        )
+        scores = {"model": _score(model, val_x, val_y, placement, batch_size, rank, device)}
+        if ema is not None:
+            scores["ema"] = _score(ema.module, val_x, val_y, placement, batch_size, rank, device)
         metrics = EpochMetrics(
             epoch=epoch,
             train_loss=loss_sum / seen,
             train_accuracy=correct / seen,
-            val_loss=val_loss / max(1, n_val),
-            val_accuracy=val_correct / max(1, n_val),
-            learning_rate=learning_rate,
+            val_loss=scores["model"][0],
+            val_accuracy=scores["model"][1],
+            learning_rate=optimizer.param_groups[0]["lr"],
             seconds=seconds,
             images_per_second=seen / seconds,
+            ema_val_accuracy=scores["ema"][1] if ema is not None else None,
         )
         result.history.append(metrics)
         result.train_seconds += seconds
-        if metrics.val_accuracy > result.best_val_accuracy:
-            result.best_epoch, result.best_val_accuracy = epoch, metrics.val_accuracy
-            best_state = copy.deepcopy(model.state_dict())
+        result.epochs_run = epoch
+        source = max(scores, key=lambda name: scores[name][1])  # the model on a tie
+        if scores[source][1] > result.best_val_accuracy:
+            result.best_epoch, result.best_val_accuracy = epoch, scores[source][1]
+            result.best_weights = source
+            best_state = copy.deepcopy((model if source == "model" else ema.module).state_dict())
+            since_best = 0
+        else:
+            since_best += 1
         if rank.is_main:
             on_epoch(metrics)
+        if params.patience and since_best >= params.patience:
+            break
     model.load_state_dict(best_state)
+    freeze_all_but_head(model, False)
     return model.cpu().to(memory_format=torch.contiguous_format), result
+
+
+def _wrapped(model: nn.Module, rank: ProcessRank, placement: Placement) -> nn.Module:
+    """The model as it trains: in DistributedDataParallel across processes (made again when
+    the trainable parameters change: it syncs those it saw when made)."""
+    if not rank.distributed:
+        return model
+    return DistributedDataParallel(model, device_ids=[placement.device] if placement.cuda else None)
+
+
+def _score(
+    model: nn.Module,
+    images,
+    labels: torch.Tensor,
+    placement: Placement,
+    batch_size: int,
+    rank: ProcessRank,
+    device: torch.device,
+) -> tuple[float, float]:
+    """(mean loss, accuracy) on the validation split, summed over every process's share."""
+    loss, accuracy, _ = predict(model, images, labels, placement, batch_size)
+    n, loss_sum, correct = reduce_sums(
+        [len(labels), loss * len(labels), accuracy * len(labels)], rank, device
+    )
+    return loss_sum / max(1, n), correct / max(1, n)

@@ -1,5 +1,6 @@
-"""One training run as the train stage does it: the data, the model, the loop, and what it
-records (the checkpoint, dvclive's metrics and plots, an MLflow run)."""
+"""One training run as the train stage does it: the data, the model (from scratch or from a
+checkpoint), the loop, and what it records: the checkpoint, dvclive's metrics, plots and the
+recipe values it used, and an MLflow run."""
 
 from __future__ import annotations
 
@@ -10,14 +11,36 @@ import torch
 from dvclive import Live
 
 from cnnpipe.core import stage
-from cnnpipe.core.dataset import read_spec, read_split
+from cnnpipe.core.dataset import InputSpec, read_spec, read_split
+from cnnpipe.core.errors import CnnpipeError
 from cnnpipe.core.outputs import atomic_path
 from cnnpipe.core.params import TrainParams
 from cnnpipe.core.preprocess import normalize
 from cnnpipe.model import checkpoint, registry
-from cnnpipe.tracking import MODEL_HASH_TAG, Run, dvc_tags, pipeline_params
-from cnnpipe.train.distributed import ProcessRank
+from cnnpipe.tracking import MODEL_HASH_TAG, Run, dvc_tags, flatten, pipeline_params
+from cnnpipe.train import recipe, warm_start
+from cnnpipe.train.distributed import ProcessRank, per_process_batch
 from cnnpipe.train.loop import EpochMetrics, FitResult, fit, make_deterministic
+
+
+def starts_from_checkpoint(p: TrainParams) -> bool:
+    """init_from names a file (the default, a folder, means from scratch)."""
+    if Path(p.init_from).is_dir():
+        if p.freeze_epochs:
+            raise CnnpipeError(
+                f"train.freeze_epochs is {p.freeze_epochs} but train.init_from is a folder "
+                f"({p.init_from}), so there is no trained body to freeze; set train.init_from "
+                "to a checkpoint file or train.freeze_epochs: 0"
+            )
+        return False
+    return True
+
+
+def check(p: TrainParams) -> None:
+    """What can be checked before any process starts or any output is written."""
+    per_process_batch(p.batch_size, p.nproc)
+    if starts_from_checkpoint(p):
+        warm_start.read_weights(Path(p.init_from), p.model)
 
 
 def train(
@@ -29,25 +52,38 @@ def train(
     device: torch.device,
 ) -> None:
     """Train on the processed data; rank 0 writes model_file, live_dir and the MLflow run."""
+    p, chosen = recipe.resolve(p)
     spec = read_spec(processed)
     train_split, val = (read_split(processed, s, mmap=None) for s in ("train", "val"))
     make_deterministic(p.seed, p.num_threads)
     model = registry.build(p.model, spec.channels, len(spec.classes), spec.image_size, p.pretrained)
+    started = "from scratch"
+    if starts_from_checkpoint(p):
+        started = warm_start.load_initial_weights(model, Path(p.init_from), p.model, spec.classes)
+    freeze = p.freeze_epochs if starts_from_checkpoint(p) else 0
     if not rank.is_main:  # rank 0 logs and writes for every process
-        fit(model, train_split, val, spec.mean, spec.std, p, device, rank=rank)
+        fit(
+            model, train_split, val, spec.mean, spec.std, p, device, rank=rank, freeze_epochs=freeze
+        )
         return
     parameters = registry.count_parameters(model)
     where = f"{rank.world_size} processes on {device.type}" if rank.distributed else device
     stage.progress(
         f"train: {p.model} ({parameters:,} parameters) on {where}, "
-        f"{len(train_split.labels)} train / {len(val.labels)} val images, {p.epochs} epochs"
+        f"{len(train_split.labels)} train / {len(val.labels)} val images, up to {p.epochs} "
+        f"epochs, {started}"
     )
+    if chosen:
+        values = ", ".join(f"{k} {v}" for k, v in chosen.items())
+        stage.progress(f"train: {p.model}'s recipe for the auto params: {values}")
 
     tags = dvc_tags()
-    run = Run.start(tags.get("dvc_exp_name", p.model), pipeline_params(), tags)
+    logged = {**pipeline_params(), **flatten({"train": p.model_dump()})}  # auto: what was used
+    run = Run.start(tags.get("dvc_exp_name", p.model), logged, tags)
     try:
         with atomic_path(live_dir) as tmp:
             with Live(str(tmp), dvcyaml=False, save_dvc_exp=False, report=None) as live:
+                live.log_params({"recipe": p.model, **chosen})
                 model, result = fit(
                     model,
                     train_split,
@@ -58,9 +94,13 @@ def train(
                     device,
                     lambda m: _log_epoch(m, p, live, run),
                     rank,
+                    freeze,
                 )
-                live.summary["best_epoch"] = result.best_epoch
-                live.summary["parameters"] = parameters
+                live.summary.update(
+                    best_epoch=result.best_epoch,
+                    epochs_run=result.epochs_run,
+                    parameters=parameters,
+                )
         extra = {
             "params": p.model_dump(),
             "best_epoch": result.best_epoch,
@@ -80,16 +120,18 @@ def _log_epoch(m: EpochMetrics, p: TrainParams, live: Live, run: Run) -> None:
         "val_loss": m.val_loss,
         "val_accuracy": m.val_accuracy,
     }
+    if m.ema_val_accuracy is not None:
+        values["ema_val_accuracy"] = m.ema_val_accuracy
     for name, value in values.items():
         live.log_metric(name, round(value, 6))
     live.next_step()
-    run.log_metrics(
-        {**values, "learning_rate": m.learning_rate, "epoch_seconds": m.seconds}, m.epoch
-    )
+    extra = {"learning_rate": m.learning_rate, "epoch_seconds": m.seconds}
+    run.log_metrics({**values, **extra}, step=m.epoch)
+    ema = f" ema {m.ema_val_accuracy:.3f}" if m.ema_val_accuracy is not None else ""
     stage.progress(
         f"train: epoch {m.epoch}/{p.epochs} loss {m.train_loss:.4f} "
         f"acc {m.train_accuracy:.3f} | val loss {m.val_loss:.4f} "
-        f"acc {m.val_accuracy:.3f} | {m.images_per_second:.0f} img/s"
+        f"acc {m.val_accuracy:.3f}{ema} | {m.images_per_second:.0f} img/s"
     )
 
 
@@ -100,14 +142,15 @@ def _log_result(
     model_file: Path,
     parameters: int,
     example: np.ndarray,
-    spec,
+    spec: InputSpec,
 ) -> None:
     model_hash = checkpoint.file_hash(model_file)
-    run.set_tags({MODEL_HASH_TAG: model_hash})
+    run.set_tags({MODEL_HASH_TAG: model_hash, "cnnpipe.best_weights": result.best_weights})
     run.log_metrics(
         {
             "best_val_accuracy": result.best_val_accuracy,
             "best_epoch": result.best_epoch,
+            "epochs_run": result.epochs_run,
             "train_seconds": result.train_seconds,
             "parameters": parameters,
             "model_bytes": model_file.stat().st_size,
@@ -116,7 +159,9 @@ def _log_result(
     normalized = normalize(torch.from_numpy(np.array(example)), spec.mean, spec.std)
     run.log_model(model, normalized.numpy())
     run.end()
+    weights = " (moving average)" if result.best_weights == "ema" else ""
     stage.progress(
-        f"train: best val accuracy {result.best_val_accuracy:.4f} at epoch {result.best_epoch} "
-        f"-> {model_file} (sha256 {model_hash[:12]}), {result.train_seconds:.1f}s training"
+        f"train: best val accuracy {result.best_val_accuracy:.4f} at epoch {result.best_epoch}"
+        f"{weights} of {result.epochs_run} -> {model_file} (sha256 {model_hash[:12]}), "
+        f"{result.train_seconds:.1f}s training"
     )
