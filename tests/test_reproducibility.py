@@ -35,6 +35,7 @@ def test_a_fresh_copy_gives_identical_outputs(reproduced: Project, tmp_path):
         "metrics/process/split.json",
         "models/model.pt",
         "metrics/train/metrics.json",
+        "metrics/train/params.yaml",
         "metrics/train/plots",
         "metrics/evaluate/metrics.json",
         "metrics/evaluate/plots",

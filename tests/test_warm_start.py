@@ -3,8 +3,12 @@ downloaded."""
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import pytest
 import torch
+from conftest import tiny_params
 from torchvision import models as tv
 
 from cnnpipe.core.dataset import InputSpec
@@ -88,3 +92,19 @@ def test_a_file_that_does_not_fit_is_named_in_one_line(tmp_path, make, words):
     assert "\n" not in message and "train.init_from" in message and str(path) in message
     for word in words:
         assert word in message
+
+
+@pytest.mark.e2e
+def test_init_from_is_a_dvc_dependency_of_the_train_stage(workspace):
+    start = workspace.root / "checkpoints" / "start.pt"
+    shutil.copy(workspace.root / "models/model.pt", start)  # another run's model, same classes
+    workspace.write_params(
+        tiny_params(train={"init_from": "checkpoints/start.pt", "freeze_epochs": 1, "epochs": 2})
+    )
+    output = workspace.dvc("repro", "train").stdout
+    assert "started from checkpoints/start.pt (cnnpipe checkpoint" in output, output
+    assert "head kept (same classes)" in output
+    assert "train" not in json.loads(workspace.dvc("status", "--json").stdout)
+    save_cnnpipe(start, "lenet5", ["circle", "square", "triangle"])  # other weights
+    status = json.loads(workspace.dvc("status", "--json").stdout)
+    assert {"changed deps": {"checkpoints/start.pt": "modified"}} in status["train"]
