@@ -1,0 +1,274 @@
+"""Upload parsing: a /predict or /predict_batch request into decoded model inputs, or a 400.
+
+An image is accepted however common clients send it: a multipart file part typed image/*,
+application/octet-stream, something else or not typed at all (python-requests sends none), or a
+raw body typed image/* or application/octet-stream (/predict only). It is judged by decoding its
+bytes, never by its declared type.
+
+Each image is decoded by the pipeline's own preprocessing (preprocess.load) in a worker thread,
+under a byte budget, with at most `decodes` images decoded at once per worker, before the request
+can join an adaptive batch: a bad upload gets a 400 naming the problem and the fix, and never
+fails the requests it would have been batched with. Decoding stops when the request is gone
+(the client disconnected, or the timeout answered 504).
+"""
+
+from __future__ import annotations
+
+import logging
+import typing as t
+from dataclasses import dataclass
+
+import anyio
+import anyio.to_thread
+import numpy as np
+from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse
+
+from cnnpipe.core import preprocess
+from cnnpipe.core.dataset import InputSpec
+from cnnpipe.core.errors import CnnpipeError
+from cnnpipe.serve.settings import Settings
+
+if t.TYPE_CHECKING:
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+logger = logging.getLogger("cnnpipe.serve")
+STATE_KEY = "cnnpipe.images"  # where the decoded images wait in the ASGI scope's state
+RAW_TYPES = ("application/octet-stream",)  # besides image/*: a raw body of these is an image
+
+
+class Image(t.NamedTuple):
+    """One decoded upload: what the batched model call receives."""
+
+    pixels: np.ndarray  # uint8 (channels, size, size), as preprocess.load made it
+    top_k: int | None
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    route: str
+    field: str  # the multipart field of the image(s)
+    many: bool  # several images (repeated field), else exactly one
+
+
+PREDICT = Endpoint("/predict", "file", many=False)
+PREDICT_BATCH = Endpoint("/predict_batch", "files", many=True)
+
+
+class BadRequest(Exception):
+    """What is wrong with a request: (loc, message) pairs, answered as a 400."""
+
+    def __init__(self, problems: list[tuple[tuple[str | int, ...], str]]) -> None:
+        super().__init__("; ".join(f"{'.'.join(map(str, loc))}: {msg}" for loc, msg in problems))
+        self.problems = problems
+
+    def body(self) -> dict:
+        n = len(self.problems)
+        return {
+            "error": f"{n} problem{'s' if n > 1 else ''} with the request",
+            "detail": [{"loc": list(loc), "msg": msg} for loc, msg in self.problems],
+        }
+
+
+@dataclass(frozen=True)
+class Decoder:
+    """Decodes uploads for one model input under the serving limits."""
+
+    image_size: int
+    channels: int
+    max_pixels: int
+    max_image_bytes: int
+    limiter: anyio.CapacityLimiter  # decodes at once in this worker
+
+    def _load(self, source: t.Any) -> np.ndarray:
+        return preprocess.load(
+            source, self.image_size, self.channels, self.max_pixels, self.max_image_bytes
+        )
+
+    async def decode(self, source: bytes | t.IO[bytes]) -> np.ndarray:
+        return await anyio.to_thread.run_sync(self._load, source, limiter=self.limiter)
+
+
+def _top_k(value: str | None, problems: list) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip().isdigit() and int(value) >= 1:
+        return int(value)
+    problems.append((("top_k",), "must be a whole number of at least 1, e.g. 3"))
+    return None
+
+
+async def _form_parts(request: Request, endpoint: Endpoint, max_images: int, problems: list):
+    """The image parts and the top_k value of a multipart body."""
+    try:
+        form = await request.form(max_files=max_images, max_fields=8)
+    except ClientDisconnect:
+        raise
+    except Exception as exc:  # starlette raises HTTPException or MultiPartException
+        reason = getattr(exc, "detail", None) or getattr(exc, "message", None) or exc
+        raise BadRequest(
+            [
+                (
+                    ("body",),
+                    f"the multipart body cannot be read ({reason}); send at most {max_images} "
+                    "files in a well-formed form",
+                )
+            ]
+        ) from None
+    allowed = {endpoint.field, "top_k"}
+    for name in sorted(set(form.keys()) - allowed):
+        problems.append(((name,), f"unknown field; send only {endpoint.field} and top_k"))
+    top_k = form.getlist("top_k")
+    if len(top_k) > 1:
+        problems.append((("top_k",), "given more than once; send it once"))
+    return form.getlist(endpoint.field), (top_k[0] if top_k else None)
+
+
+async def read_parts(
+    request: Request, endpoint: Endpoint, max_images: int
+) -> tuple[list, int | None]:
+    """The image parts of a request and its top_k, or BadRequest."""
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    query_top_k = request.query_params.get("top_k")
+    if media_type == "multipart/form-data":
+        parts, form_top_k = await _form_parts(request, endpoint, max_images, problems)
+        if form_top_k is not None and query_top_k is not None:
+            problems.append((("top_k",), "given both in the form and the URL; give it once"))
+        top_k = _top_k(form_top_k if form_top_k is not None else query_top_k, problems)
+    elif not endpoint.many and (media_type.startswith("image/") or media_type in RAW_TYPES):
+        parts, top_k = [await request.body()], _top_k(query_top_k, problems)
+    else:
+        raw = "" if endpoint.many else " or as the whole body, typed image/*"
+        raise BadRequest(
+            [
+                (
+                    ("body",),
+                    f"the body is {media_type or 'untyped'}; send the image as a multipart file "
+                    f"field {endpoint.field!r} (curl -F {endpoint.field}=@image.png){raw}",
+                )
+            ]
+        )
+    if not parts:
+        problems.append(
+            (
+                (endpoint.field,),
+                f"no image; send it as a file in the field {endpoint.field!r}: "
+                f"curl -F {endpoint.field}=@image.png",
+            )
+        )
+    elif not endpoint.many and len(parts) > 1:
+        problems.append(
+            (
+                (endpoint.field,),
+                f"{len(parts)} files; send one image to /predict, several to /predict_batch",
+            )
+        )
+    if problems:
+        raise BadRequest(problems)
+    return parts, top_k
+
+
+async def decode_parts(
+    parts: list, top_k: int | None, endpoint: Endpoint, decoder: Decoder
+) -> list[Image]:
+    """The decoded images (one per part, with the request's top_k), or BadRequest."""
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    images = []
+    for i, part in enumerate(parts):
+        loc = (endpoint.field, i) if endpoint.many else (endpoint.field,)
+        try:
+            images.append(Image(await decoder.decode(_bytes_of(part)), top_k))
+        except CnnpipeError as exc:
+            problems.append((loc, str(exc)))
+    if problems:
+        raise BadRequest(problems)
+    return images
+
+
+def _bytes_of(part: str | bytes | UploadFile) -> bytes | t.IO[bytes]:
+    if isinstance(part, UploadFile):
+        if not part.size:
+            return b""  # preprocess says the file is empty
+        part.file.seek(0)
+        return part.file
+    if isinstance(part, str):  # a form value sent without a filename
+        raise CnnpipeError(
+            "a text value, not a file; upload the image as a file (curl -F file=@x.png)"
+        )
+    return part
+
+
+class Uploads:
+    """ASGI middleware: decodes the images of every /predict and /predict_batch request and
+    leaves them in the request's state for the service (cnnpipe.serve.bentoml_io), or answers
+    400 and logs the request as one line."""
+
+    def __init__(self, app: ASGIApp, spec: t.Callable[[], InputSpec], settings: Settings) -> None:
+        self.app = app
+        self.spec = spec  # called at the first request: the model is loaded after the app is built
+        self.settings = settings
+        self.endpoints = {e.route: e for e in (PREDICT, PREDICT_BATCH)}
+        self.decoder: Decoder | None = None
+
+    def _decoder(self) -> Decoder:
+        if self.decoder is None:
+            spec = self.spec()
+            self.decoder = Decoder(
+                spec.image_size,
+                spec.channels,
+                self.settings.max_pixels,
+                self.settings.max_image_bytes,
+                anyio.CapacityLimiter(self.settings.decodes),
+            )
+        return self.decoder
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        endpoint = self.endpoints.get(scope.get("path", "")) if scope["type"] == "http" else None
+        if endpoint is None or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        request = Request(scope, receive)
+        try:
+            parts, top_k = await read_parts(request, endpoint, self.settings.max_images)
+            # the body is read: from now on a message from the client means it is gone
+            images = await _until_disconnect(
+                decode_parts(parts, top_k, endpoint, self._decoder()), receive
+            )
+        except BadRequest as exc:
+            client = scope["client"][0] if scope.get("client") else "?"
+            logger.warning("400 POST %s from %s: %s", endpoint.route, client, exc)
+            return await JSONResponse(exc.body(), status_code=400)(scope, receive, send)
+        except ClientDisconnect:
+            return
+        finally:
+            await request.close()  # the spooled upload files
+        if images is None:  # the client is gone: nothing to answer
+            return
+        scope.setdefault("state", {})[STATE_KEY] = images
+        await self.app(scope, receive, send)
+
+
+async def _until_disconnect(work: t.Awaitable[list[Image]], receive: Receive) -> list | None:
+    """The result of `work`, or None as soon as the client disconnects (work is cancelled)."""
+    outcome: dict[str, t.Any] = {}
+
+    async def run(scope: anyio.CancelScope) -> None:
+        try:
+            outcome["result"] = await work
+        except Exception as exc:  # raised below, not as an exception group
+            outcome["error"] = exc
+        scope.cancel()
+
+    async def watch(scope: anyio.CancelScope) -> None:
+        message: Message = await receive()
+        while message["type"] != "http.disconnect":
+            message = await receive()
+        scope.cancel()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(run, group.cancel_scope)
+        group.start_soon(watch, group.cancel_scope)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("result")
