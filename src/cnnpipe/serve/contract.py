@@ -113,11 +113,17 @@ def _form(many: bool, max_images: int) -> dict:
 
 
 def _operation(settings: Settings, many: bool, original: dict, components: dict) -> dict:
-    content = {"multipart/form-data": {"schema": _form(many, settings.max_images)}}
-    if not many:  # one image may also be the whole body
-        content.update(
-            {"image/*": {"schema": BINARY}, "application/octet-stream": {"schema": BINARY}}
-        )
+    field = "files" if many else "file"
+    content = {
+        "multipart/form-data": {
+            "schema": _form(many, settings.max_images),
+            # what the part must hold; its declared type is not checked (python-requests sends
+            # none): the bytes are decoded
+            "encoding": {field: {"contentType": "image/*"}},
+        }
+    }
+    if not many:  # one image may also be the whole body (application/octet-stream too)
+        content["image/*"] = {"schema": BINARY}
     prediction = _schema(Prediction, components)
     error = _schema(ErrorBody, components)
     kept = ("tags", "x-bentoml-name", "operationId", "description")
@@ -128,7 +134,7 @@ def _operation(settings: Settings, many: bool, original: dict, components: dict)
                 "name": "top_k",
                 "in": "query",
                 "required": False,
-                "description": "as the form field top_k (give it in one place only)",
+                "description": "as the form field top_k (which wins if both are given)",
                 "schema": TOP_K,
             }
         ],

@@ -102,7 +102,8 @@ def _top_k(value: str | None, problems: list) -> int | None:
 async def _form_parts(request: Request, endpoint: Endpoint, max_images: int, problems: list):
     """The image parts and the top_k value of a multipart body."""
     try:
-        form = await request.form(max_files=max_images, max_fields=8)
+        # parts sent without a filename are fields: as many as images, and top_k
+        form = await request.form(max_files=max_images, max_fields=max_images + 1)
     except ClientDisconnect:
         raise
     except Exception as exc:  # starlette raises HTTPException or MultiPartException
@@ -134,9 +135,9 @@ async def read_parts(
     query_top_k = request.query_params.get("top_k")
     if media_type == "multipart/form-data":
         parts, form_top_k = await _form_parts(request, endpoint, max_images, problems)
-        if form_top_k is not None and query_top_k is not None:
-            problems.append((("top_k",), "given both in the form and the URL; give it once"))
-        top_k = _top_k(form_top_k if form_top_k is not None else query_top_k, problems)
+        # each must be valid; the form field, if given, wins
+        form_k, query_k = _top_k(form_top_k, problems), _top_k(query_top_k, problems)
+        top_k = form_k if form_k is not None else query_k
     elif not endpoint.many and (media_type.startswith("image/") or media_type in RAW_TYPES):
         parts, top_k = [await request.body()], _top_k(query_top_k, problems)
     else:
@@ -178,26 +179,41 @@ async def decode_parts(
     images = []
     for i, part in enumerate(parts):
         loc = (endpoint.field, i) if endpoint.many else (endpoint.field,)
-        try:
-            images.append(Image(await decoder.decode(_bytes_of(part)), top_k))
-        except CnnpipeError as exc:
-            problems.append((loc, str(exc)))
+        error: CnnpipeError | None = None
+        for source in _sources(part):
+            try:
+                images.append(Image(await decoder.decode(source), top_k))
+                break
+            except CnnpipeError as exc:
+                error = error or exc
+        else:
+            problems.append((loc, str(error)))
     if problems:
         raise BadRequest(problems)
     return images
 
 
-def _bytes_of(part: str | bytes | UploadFile) -> bytes | t.IO[bytes]:
+def _sources(part: str | bytes | UploadFile) -> list[bytes | t.IO[bytes]]:
+    """What a part may hold, most likely first. A part sent without a filename reaches here as
+    text, decoded by Starlette as UTF-8 or, if its bytes are not UTF-8 (an image's never are),
+    as Latin-1: both ways back are tried."""
     if isinstance(part, UploadFile):
         if not part.size:
-            return b""  # preprocess says the file is empty
+            return [b""]  # preprocess says the file is empty
         part.file.seek(0)
-        return part.file
-    if isinstance(part, str):  # a form value sent without a filename
-        raise CnnpipeError(
-            "a text value, not a file; upload the image as a file (curl -F file=@x.png)"
-        )
-    return part
+        return [part.file]
+    if isinstance(part, str):
+        encoded = [part.encode(codec) for codec in ("latin-1", "utf-8") if _encodes(part, codec)]
+        return list(dict.fromkeys(encoded))
+    return [part]
+
+
+def _encodes(text: str, codec: str) -> bool:
+    try:
+        text.encode(codec)
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class Uploads:
