@@ -59,6 +59,8 @@ class ErrorBody(BaseModel):
 REF = "#/components/schemas/{model}"
 TOP_K = {"type": "integer", "minimum": 1, "description": "return only the k most probable classes"}
 BINARY = {"type": "string", "format": "binary"}
+# a browser sends a blank field as an empty string: all classes
+FORM_TOP_K = {"anyOf": [TOP_K, {"type": "string", "maxLength": 0}]}
 
 
 def _openapi30(schema: t.Any) -> t.Any:
@@ -106,7 +108,7 @@ def _form(many: bool, max_images: int) -> dict:
         field, images = "file", {**BINARY, "description": IMAGE_DOC}
     return {
         "type": "object",
-        "properties": {field: images, "top_k": TOP_K},
+        "properties": {field: images, "top_k": FORM_TOP_K},
         "required": [field],
         "additionalProperties": False,
     }

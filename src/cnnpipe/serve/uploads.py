@@ -123,7 +123,8 @@ async def _form_parts(request: Request, endpoint: Endpoint, max_images: int, pro
     top_k = form.getlist("top_k")
     if len(top_k) > 1:
         problems.append((("top_k",), "given more than once; send it once"))
-    return form.getlist(endpoint.field), (top_k[0] if top_k else None)
+    # a browser sends a blank field as "": not given
+    return form.getlist(endpoint.field), (top_k[0] if top_k and top_k[0] != "" else None)
 
 
 async def read_parts(
