@@ -83,6 +83,19 @@ def _decoded(
         raise ImageError(f"the image cannot be decoded ({exc}); it may be truncated") from None
 
 
+def header(source: bytes | IO[bytes]) -> tuple[str, tuple[int, int]] | None:
+    """An image's mode and size from its header (no pixel decoded), None if unreadable."""
+    stream = io.BytesIO(source) if isinstance(source, bytes) else source
+    try:
+        with Image.open(stream) as image:
+            return image.mode, image.size
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None
+    finally:
+        if not isinstance(source, bytes):
+            source.seek(0)
+
+
 def open_image(
     source: bytes | Path | str | IO[bytes],
     max_pixels: int = DEFAULT_MAX_PIXELS,

@@ -66,7 +66,10 @@ class RequestLimits:
             )
         self.in_flight += reserved
         try:
-            await self._counted(scope, receive, send)
+            if length is None:  # streamed: counted as it arrives
+                await self._counted(scope, receive, send)
+            else:  # the server reads no more than Content-Length announces
+                await self.app(scope, receive, send)
         finally:
             self.in_flight -= reserved
 

@@ -78,6 +78,7 @@ metadata_app = Starlette(routes=[Route("/metadata", _metadata, methods=["GET"])]
     workers=SETTINGS.worker_count,
     threads=1,  # one model call at a time per worker; the runtime's threads do the parallel work
     traffic={"timeout": SETTINGS.timeout_s},
+    logging={"access": {"enabled": SETTINGS.access_log}},
 )
 class Classifier:
     """The packaged cnnpipe model: one typed method per endpoint."""
