@@ -109,7 +109,8 @@ class Memory(threading.Thread):
 
 
 def start(command: list[str], env: dict, port: int) -> tuple[subprocess.Popen, float]:
-    """A server, once it answers; and the seconds it took."""
+    """A server, once it is ready (/readyz answers 200; the plain app: / answers at all); and
+    the seconds it took."""
     began = time.perf_counter()
     server = subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
@@ -119,10 +120,12 @@ def start(command: list[str], env: dict, port: int) -> tuple[subprocess.Popen, f
         if server.poll() is not None:
             sys.exit(f"{command[2]} did not start: {server.stderr.read().strip()[-2000:]}")
         try:
-            httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
-            return server, time.perf_counter() - began
+            reply = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1)
+            if reply.status_code in (200, 404):  # 404: the plain app has no /readyz
+                return server, time.perf_counter() - began
         except httpx.TransportError:
-            time.sleep(0.05)
+            pass
+        time.sleep(0.05)
     server.terminate()
     sys.exit(f"{command} did not answer within 120 s")
 

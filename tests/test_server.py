@@ -210,6 +210,7 @@ def test_16_bit_bombs_stay_within_the_memory_budget(server, stored):
     time.sleep(1)
     after = {p.pid: rss_mb(p) for p in workers}
     growth = {pid: peak[pid] - baseline[pid] for pid in baseline}
+    print(f"worker RSS MB, baseline {baseline}, peak {peak}, 1 s after {after}")  # pytest -rP
     assert max(growth.values()) <= 300, growth
     assert all(after[pid] - baseline[pid] <= 50 for pid in baseline), (baseline, after)
 

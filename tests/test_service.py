@@ -28,7 +28,7 @@ from starlette.testclient import TestClient
 from cnnpipe.core import preprocess
 from cnnpipe.core.errors import CnnpipeError
 from cnnpipe.serve import runtime
-from cnnpipe.serve.uploads import Image as Upload
+from cnnpipe.serve.decoding import Image as Upload
 
 SETTINGS_ENV = {
     "CNNPIPE_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),

@@ -18,7 +18,8 @@ from pydantic import ConfigDict
 from starlette.requests import Request
 
 from cnnpipe.serve.contract import Prediction
-from cnnpipe.serve.uploads import STATE_KEY, Image
+from cnnpipe.serve.decoding import Image
+from cnnpipe.serve.uploads import STATE_KEY
 
 
 class DecodedImages(IODescriptor):

@@ -29,10 +29,11 @@ from cnnpipe.core.dataset import InputSpec
 from cnnpipe.serve import header_timeout, runtime
 from cnnpipe.serve.bentoml_io import OnePrediction, PredictBatchInput, PredictInput
 from cnnpipe.serve.contract import Docs, Prediction, ServedModel
+from cnnpipe.serve.decoding import Image
 from cnnpipe.serve.limits import RequestLimits
 from cnnpipe.serve.packaging import NAME
 from cnnpipe.serve.settings import settings_from_env
-from cnnpipe.serve.uploads import Image, Uploads
+from cnnpipe.serve.uploads import Uploads
 
 SETTINGS = settings_from_env()
 

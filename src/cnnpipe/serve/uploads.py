@@ -3,13 +3,9 @@
 An image is accepted however common clients send it: a multipart file part typed image/*,
 application/octet-stream, something else or not typed at all (python-requests sends none), or a
 raw body typed image/* or application/octet-stream (/predict only). It is judged by decoding its
-bytes, never by its declared type.
-
-Each image is decoded by the pipeline's own preprocessing (preprocess.load) in a worker thread,
-under a byte budget, with at most `decodes` images decoded at once per worker, before the request
-can join an adaptive batch: a bad upload gets a 400 naming the problem and the fix, and never
-fails the requests it would have been batched with. Decoding stops when the request is gone
-(the client disconnected, or the timeout answered 504).
+bytes (cnnpipe.serve.decoding), never by its declared type, before the request can join an
+adaptive batch: a bad upload gets a 400 naming the problem and the fix, logged as one line, and
+never fails the requests it would have been batched with.
 """
 
 from __future__ import annotations
@@ -19,33 +15,21 @@ import typing as t
 from dataclasses import dataclass
 
 import anyio
-import anyio.to_thread
-import numpy as np
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
-from cnnpipe.core import preprocess
 from cnnpipe.core.dataset import InputSpec
 from cnnpipe.core.errors import CnnpipeError
+from cnnpipe.serve.decoding import INLINE_BYTES, Decoder, Image, sources, until_disconnect
 from cnnpipe.serve.settings import Settings
 
 if t.TYPE_CHECKING:
-    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+    from starlette.types import ASGIApp, Receive, Scope, Send
 
 logger = logging.getLogger("cnnpipe.serve")
 STATE_KEY = "cnnpipe.images"  # where the decoded images wait in the ASGI scope's state
 RAW_TYPES = ("application/octet-stream",)  # besides image/*: a raw body of these is an image
-# an upload and its decoded pixels up to this size are decoded on the event loop (a 64x64 RGB
-# image takes about 0.1 ms: less than a thread hand-off); larger ones in a worker thread
-INLINE_BYTES = 64 * 2**10
-
-
-class Image(t.NamedTuple):
-    """One decoded upload: what the batched model call receives."""
-
-    pixels: np.ndarray  # uint8 (channels, size, size), as preprocess.load made it
-    top_k: int | None
 
 
 @dataclass(frozen=True)
@@ -72,34 +56,6 @@ class BadRequest(Exception):
             "error": f"{n} problem{'s' if n > 1 else ''} with the request",
             "detail": [{"loc": list(loc), "msg": msg} for loc, msg in self.problems],
         }
-
-
-@dataclass(frozen=True)
-class Decoder:
-    """Decodes uploads for one model input under the serving limits."""
-
-    image_size: int
-    channels: int
-    max_pixels: int
-    max_image_bytes: int
-    limiter: anyio.CapacityLimiter  # decodes at once in this worker
-
-    def _load(self, source: t.Any) -> np.ndarray:
-        return preprocess.load(
-            source, self.image_size, self.channels, self.max_pixels, self.max_image_bytes
-        )
-
-    def small(self, source: bytes | t.IO[bytes]) -> bool:
-        """Whether decoding this takes less time than handing it to a thread."""
-        if not isinstance(source, bytes) or len(source) > INLINE_BYTES:
-            return False
-        found = preprocess.header(source)
-        return found is not None and preprocess.decoded_bytes(*found) <= INLINE_BYTES
-
-    async def decode(self, source: bytes | t.IO[bytes]) -> np.ndarray:
-        if self.small(source):  # on the event loop, one at a time
-            return self._load(source)
-        return await anyio.to_thread.run_sync(self._load, source, limiter=self.limiter)
 
 
 def _top_k(value: str | None, problems: list) -> int | None:
@@ -193,7 +149,7 @@ async def decode_parts(
     for i, part in enumerate(parts):
         loc = (endpoint.field, i) if endpoint.many else (endpoint.field,)
         error: CnnpipeError | None = None
-        for source in _sources(part):
+        for source in sources(part):
             try:
                 images.append(Image(await decoder.decode(source), top_k))
                 break
@@ -204,35 +160,6 @@ async def decode_parts(
     if problems:
         raise BadRequest(problems)
     return images
-
-
-def _sources(part: str | bytes | UploadFile) -> list[bytes | t.IO[bytes]]:
-    """What a part may hold, most likely first. A part sent without a filename reaches here as
-    text, decoded by Starlette as UTF-8 or, if its bytes are not UTF-8 (an image's never are),
-    as Latin-1: both ways back are tried."""
-    if isinstance(part, UploadFile):
-        if not part.size:
-            return [b""]  # preprocess says the file is empty
-        part.file.seek(0)
-        if part.size <= INLINE_BYTES:  # in memory already (spooled up to 1 MiB)
-            return [part.file.read()]
-        return [part.file]
-    if isinstance(part, str):
-        encoded = [part.encode(codec) for codec in ("latin-1", "utf-8") if _encodes(part, codec)]
-        return list(dict.fromkeys(encoded))
-    return [part]
-
-
-def _size(part: str | bytes | UploadFile) -> int:
-    return (part.size or 0) if isinstance(part, UploadFile) else len(part)
-
-
-def _encodes(text: str, codec: str) -> bool:
-    try:
-        text.encode(codec)
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 class Uploads:
@@ -270,7 +197,7 @@ class Uploads:
             if all(_size(p) <= INLINE_BYTES for p in parts):
                 images = await decoding  # small: decoded before the client could leave
             else:  # the body is read: from now on a message from the client means it is gone
-                images = await _until_disconnect(decoding, receive)
+                images = await until_disconnect(decoding, receive)
         except BadRequest as exc:
             client = scope["client"][0] if scope.get("client") else "?"
             logger.warning("400 POST %s from %s: %s", endpoint.route, client, exc)
@@ -285,26 +212,5 @@ class Uploads:
         await self.app(scope, receive, send)
 
 
-async def _until_disconnect(work: t.Awaitable[list[Image]], receive: Receive) -> list | None:
-    """The result of `work`, or None as soon as the client disconnects (work is cancelled)."""
-    outcome: dict[str, t.Any] = {}
-
-    async def run(scope: anyio.CancelScope) -> None:
-        try:
-            outcome["result"] = await work
-        except Exception as exc:  # raised below, not as an exception group
-            outcome["error"] = exc
-        scope.cancel()
-
-    async def watch(scope: anyio.CancelScope) -> None:
-        message: Message = await receive()
-        while message["type"] != "http.disconnect":
-            message = await receive()
-        scope.cancel()
-
-    async with anyio.create_task_group() as group:
-        group.start_soon(run, group.cancel_scope)
-        group.start_soon(watch, group.cancel_scope)
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome.get("result")
+def _size(part: str | bytes | UploadFile) -> int:
+    return (part.size or 0) if isinstance(part, UploadFile) else len(part)
