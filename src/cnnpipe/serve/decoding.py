@@ -75,10 +75,6 @@ def sources(part: str | bytes | UploadFile) -> list[bytes | t.IO[bytes]]:
     return [part]
 
 
-def _size(part: str | bytes | UploadFile) -> int:
-    return (part.size or 0) if isinstance(part, UploadFile) else len(part)
-
-
 def _encodes(text: str, codec: str) -> bool:
     try:
         text.encode(codec)
@@ -87,7 +83,7 @@ def _encodes(text: str, codec: str) -> bool:
     return True
 
 
-async def _until_disconnect(work: t.Awaitable[list[Image]], receive: Receive) -> list | None:
+async def until_disconnect(work: t.Awaitable[list[Image]], receive: Receive) -> list | None:
     """The result of `work`, or None as soon as the client disconnects (work is cancelled)."""
     outcome: dict[str, t.Any] = {}
 
