@@ -195,7 +195,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--images", type=int, default=256, help="test images to cycle through")
-    parser.add_argument("--case", action="append", help="model file or ARCH:SIZE[:CHANNELS]")
+    parser.add_argument(
+        "--case", "--model", action="append", help="a model file, or ARCH:SIZE[:CHANNELS]"
+    )
     parser.add_argument("--servers", default="cnnpipe,plain", help="cnnpipe, plain or both")
     parser.add_argument("--rounds", type=int, default=1, help="runs of each server, alternating")
     args = parser.parse_args()

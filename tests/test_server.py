@@ -215,6 +215,28 @@ def test_16_bit_bombs_stay_within_the_memory_budget(server, stored):
     assert all(after[pid] - baseline[pid] <= 50 for pid in baseline), (baseline, after)
 
 
+def cpu_seconds(processes: list[psutil.Process]) -> float:
+    return sum(p.cpu_times().user + p.cpu_times().system for p in processes)
+
+
+def test_decoding_stops_when_the_client_leaves(server):
+    """A client that gives up on 8 slow-to-decode images: the worker stops after the image it
+    is decoding and says so in one line."""
+    buffer = io.BytesIO()
+    Image.new("I;16", (5000, 5000), 1000).save(buffer, "PNG")
+    files = [("files", (f"{i}.png", buffer.getvalue(), "image/png")) for i in range(8)]
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(f"{server.url}/predict_batch", files=files, timeout=0.5)
+    deadline = time.monotonic() + 20
+    while "the client left" not in server.log.read_text():
+        assert time.monotonic() < deadline, server.log.read_text()[-3000:]
+        time.sleep(0.1)
+    workers = psutil.Process(server.process.pid).children(recursive=True)
+    before = cpu_seconds(workers)
+    time.sleep(1.5)
+    assert cpu_seconds(workers) - before < 0.3  # idle: nothing left decoding
+
+
 def test_serve_without_the_model_fails_with_one_line(tmp_path):
     env = {**os.environ, "BENTOML_HOME": str(tmp_path / "empty"), "PYTHONPATH": str(REPO / "src")}
     result = subprocess.run(

@@ -5,6 +5,8 @@ when the request is gone (the client disconnected, or the timeout answered 504).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import typing as t
 from dataclasses import dataclass
 
@@ -17,6 +19,22 @@ from cnnpipe.core import preprocess
 
 if t.TYPE_CHECKING:
     from starlette.types import Message, Receive
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
+MMAP_THRESHOLD = 1 << 20
+
+
+def return_freed_images_to_the_system() -> None:
+    """Make glibc map every allocation over 1 MiB on its own, so that a decoded image's memory
+    goes back to the system when it is freed. By default glibc raises that threshold to the size
+    of the largest block freed so far (up to 32 MiB), so after one large image the next ones come
+    from its heap, which does not shrink: a worker would keep hundreds of MB after a few bombs."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    except (OSError, AttributeError):  # not glibc: its allocator has its own policy
+        pass
+
 
 # an upload and its decoded pixels up to this size are decoded on the event loop (a 64x64 RGB
 # image takes about 0.1 ms: less than a thread hand-off); larger ones in a worker thread
@@ -52,8 +70,9 @@ class Decoder:
         found = preprocess.header(source)
         return found is not None and preprocess.decoded_bytes(*found) <= INLINE_BYTES
 
-    async def decode(self, source: bytes | t.IO[bytes]) -> np.ndarray:
-        if self.small(source):  # on the event loop, one at a time
+    async def decode(self, source: bytes | t.IO[bytes], inline: bool) -> np.ndarray:
+        """The model input of one upload: decoded here if `inline` (small), else in a thread."""
+        if inline:  # on the event loop, one at a time
             return self._load(source)
         return await anyio.to_thread.run_sync(self._load, source, limiter=self.limiter)
 

@@ -13,6 +13,7 @@ batching bounds when the service class is defined.
 
 from __future__ import annotations
 
+import logging
 import os
 import typing as t
 from pathlib import Path
@@ -26,7 +27,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from cnnpipe.core.dataset import InputSpec
-from cnnpipe.serve import header_timeout, runtime
+from cnnpipe.serve import decoding, header_timeout, runtime
 from cnnpipe.serve.bentoml_io import OnePrediction, PredictBatchInput, PredictInput
 from cnnpipe.serve.contract import Docs, Prediction, ServedModel
 from cnnpipe.serve.decoding import Image
@@ -88,6 +89,8 @@ class Classifier:
 
     def __init__(self) -> None:
         header_timeout.install(SETTINGS.header_timeout_s)
+        decoding.return_freed_images_to_the_system()
+        logging.getLogger("cnnpipe").setLevel(logging.INFO)  # BentoML's handlers show INFO
         stored = self.bento_model  # the model in the store, once the service is instantiated
         self.runtime = runtime.load(Path(stored.path), SETTINGS.runtime, SETTINGS.model_threads)
         self.metadata = ServedModel(

@@ -15,19 +15,19 @@ import typing as t
 from dataclasses import dataclass
 
 import anyio
-from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
 from cnnpipe.core.dataset import InputSpec
 from cnnpipe.core.errors import CnnpipeError
-from cnnpipe.serve.decoding import INLINE_BYTES, Decoder, Image, sources, until_disconnect
+from cnnpipe.serve.decoding import Decoder, Image, sources, until_disconnect
 from cnnpipe.serve.settings import Settings
 
 if t.TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
 
 logger = logging.getLogger("cnnpipe.serve")
+CLIENT_GONE = 499  # as nginx logs a request whose client left before the answer
 STATE_KEY = "cnnpipe.images"  # where the decoded images wait in the ASGI scope's state
 RAW_TYPES = ("application/octet-stream",)  # besides image/*: a raw body of these is an image
 
@@ -141,17 +141,18 @@ async def read_parts(
 
 
 async def decode_parts(
-    parts: list, top_k: int | None, endpoint: Endpoint, decoder: Decoder
+    candidates: list[list], top_k: int | None, endpoint: Endpoint, decoder: Decoder, inline: bool
 ) -> list[Image]:
-    """The decoded images (one per part, with the request's top_k), or BadRequest."""
+    """The decoded images (one per part, from the first of its candidate sources that decodes,
+    with the request's top_k), or BadRequest."""
     problems: list[tuple[tuple[str | int, ...], str]] = []
     images = []
-    for i, part in enumerate(parts):
+    for i, part_sources in enumerate(candidates):
         loc = (endpoint.field, i) if endpoint.many else (endpoint.field,)
         error: CnnpipeError | None = None
-        for source in sources(part):
+        for source in part_sources:
             try:
-                images.append(Image(await decoder.decode(source), top_k))
+                images.append(Image(await decoder.decode(source, inline), top_k))
                 break
             except CnnpipeError as exc:
                 error = error or exc
@@ -193,8 +194,11 @@ class Uploads:
         request = Request(scope, receive)
         try:
             parts, top_k = await read_parts(request, endpoint, self.settings.max_images)
-            decoding = decode_parts(parts, top_k, endpoint, self._decoder())
-            if all(_size(p) <= INLINE_BYTES for p in parts):
+            candidates = [sources(part) for part in parts]
+            decoder = self._decoder()
+            inline = all(decoder.small(c) for part_sources in candidates for c in part_sources)
+            decoding = decode_parts(candidates, top_k, endpoint, decoder, inline)
+            if inline:
                 images = await decoding  # small: decoded before the client could leave
             else:  # the body is read: from now on a message from the client means it is gone
                 images = await until_disconnect(decoding, receive)
@@ -203,14 +207,14 @@ class Uploads:
             logger.warning("400 POST %s from %s: %s", endpoint.route, client, exc)
             return await JSONResponse(exc.body(), status_code=400)(scope, receive, send)
         except ClientDisconnect:
-            return
+            images = None
         finally:
             await request.close()  # the spooled upload files
-        if images is None:  # the client is gone: nothing to answer
-            return
+        if images is None:  # the client is gone: nothing more to decode
+            logger.info("POST %s: the client left; its images were not all decoded", endpoint.route)
+            # answered all the same (nobody reads it): a request without an answer would be
+            # held by BentoML's timeout until CNNPIPE_TIMEOUT_S, and so would a shutdown
+            gone = {"error": "the client closed the connection"}
+            return await JSONResponse(gone, status_code=CLIENT_GONE)(scope, receive, send)
         scope.setdefault("state", {})[STATE_KEY] = images
         await self.app(scope, receive, send)
-
-
-def _size(part: str | bytes | UploadFile) -> int:
-    return (part.size or 0) if isinstance(part, UploadFile) else len(part)
