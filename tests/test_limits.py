@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from cnnpipe.serve.limits import RequestLimits
+from cnnpipe.serve.limits import Rebalance, RequestLimits
 
 
 def app_with_limits(max_bytes: int, max_in_flight: int, release: asyncio.Event) -> RequestLimits:
@@ -61,3 +61,23 @@ def test_bodies_over_the_limit_get_413_announced_or_streamed():
         return [announced.status_code, streamed.status_code, fits.status_code, app.in_flight]
 
     assert asyncio.run(scenario()) == [413, 413, 200, 0]
+
+
+def test_every_nth_answer_on_a_connection_closes_it():
+    async def hello(request: Request) -> JSONResponse:
+        return JSONResponse({})
+
+    app = Rebalance(Starlette(routes=[Route("/", hello)]), every=3)
+
+    async def scenario() -> list[list[str | None]]:
+        closes: dict[int, list[str | None]] = {1: [], 2: []}
+        for port in (1, 2):  # two connections, told apart by the client's port
+            transport = httpx.ASGITransport(app=app, client=("127.0.0.1", port))
+            async with httpx.AsyncClient(transport=transport, base_url="http://x") as client:
+                for _ in range(7 if port == 1 else 2):
+                    closes[port].append((await client.get("/")).headers.get("connection"))
+        return [closes[1], closes[2]]
+
+    first, second = asyncio.run(scenario())
+    assert first == [None, None, "close", None, None, "close", None]
+    assert second == [None, None]

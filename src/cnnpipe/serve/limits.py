@@ -98,3 +98,38 @@ class RequestLimits:
                 raise
         if over:
             await self._too_large(send)
+
+
+class Rebalance:
+    """Every `every`-th answer on a connection closes it (`Connection: close`, as nginx's
+    keepalive_requests does), so kept-alive connections spread over the workers. The workers
+    share one listening socket and a worker accepts every connection waiting when it wakes: a
+    client that opens its connections at once can get all of them served by one worker while
+    the other idles. A client reconnects on its next request, to whichever worker accepts first:
+    usually the less busy one."""
+
+    def __init__(self, app: ASGIApp, every: int) -> None:
+        self.app = app
+        self.every = every
+        self.answered: dict[tuple, int] = {}  # per connection (client address and port)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        client = scope.get("client")
+        if scope["type"] != "http" or not client or not self.every:
+            return await self.app(scope, receive, send)
+        key = tuple(client)
+        count = self.answered.get(key, 0) + 1
+        if count >= self.every or len(self.answered) > 10_000:  # closed connections leave keys
+            self.answered.pop(key, None)
+            if len(self.answered) > 10_000:
+                self.answered.clear()
+
+            async def closing(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    headers = [*message.get("headers", []), (b"connection", b"close")]
+                    message = {**message, "headers": headers}
+                await send(message)
+
+            return await self.app(scope, receive, closing)
+        self.answered[key] = count
+        await self.app(scope, receive, send)

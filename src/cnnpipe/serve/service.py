@@ -13,6 +13,7 @@ batching bounds when the service class is defined.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import typing as t
@@ -31,12 +32,13 @@ from cnnpipe.serve import decoding, header_timeout, runtime
 from cnnpipe.serve.bentoml_io import OnePrediction, PredictBatchInput, PredictInput
 from cnnpipe.serve.contract import Docs, Prediction, ServedModel
 from cnnpipe.serve.decoding import Image
-from cnnpipe.serve.limits import RequestLimits
+from cnnpipe.serve.limits import Rebalance, RequestLimits
 from cnnpipe.serve.packaging import NAME
 from cnnpipe.serve.settings import settings_from_env
 from cnnpipe.serve.uploads import Uploads
 
 SETTINGS = settings_from_env()
+GC_THRESHOLD = 50_000  # allocations between young-generation collections (Python's: 700)
 
 
 class StoredModel(bentoml.models.BentoModel):
@@ -66,6 +68,15 @@ async def _metadata(_: Request) -> JSONResponse:
     return JSONResponse(service.metadata.model_dump())
 
 
+def _collect_less_garbage() -> None:
+    """Every request allocates thousands of objects (BentoML's spans, pydantic models), so
+    Python's cyclic garbage collector ran ~12% of a worker's time under load, mostly scanning
+    what start-up created. Those objects are moved out of its reach, and it runs less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
+
+
 def _served_spec() -> InputSpec:
     """What the served model takes (known once the worker has loaded it)."""
     return bentoml.get_current_service().metadata
@@ -91,6 +102,7 @@ class Classifier:
         header_timeout.install(SETTINGS.header_timeout_s)
         decoding.return_freed_images_to_the_system()
         logging.getLogger("cnnpipe").setLevel(logging.INFO)  # BentoML's handlers show INFO
+        _collect_less_garbage()
         stored = self.bento_model  # the model in the store, once the service is instantiated
         self.runtime = runtime.load(Path(stored.path), SETTINGS.runtime, SETTINGS.model_threads)
         self.metadata = ServedModel(
@@ -146,6 +158,8 @@ class Classifier:
 
 
 # Outermost first: limits before anything reads the body; uploads decoded before BentoML.
+if SETTINGS.worker_count > 1:
+    Classifier.add_asgi_middleware(Rebalance, every=SETTINGS.keepalive_requests)
 Classifier.add_asgi_middleware(
     RequestLimits, max_bytes=SETTINGS.max_upload_bytes, max_in_flight=SETTINGS.max_uploads_bytes
 )

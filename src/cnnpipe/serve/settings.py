@@ -48,6 +48,9 @@ class Settings(BaseModel):
     max_upload_bytes: int = Field(default=20 * MiB, ge=1)  # larger bodies get 413
     # request bodies in flight per worker; a request that would exceed this gets 429
     max_uploads_bytes: int = Field(default=128 * MiB, ge=1)
+    # answers on a kept-alive connection before it is closed, so connections spread over the
+    # workers (0: never closed)
+    keepalive_requests: int = Field(default=16, ge=0)
     header_timeout_s: float = Field(default=10.0, gt=0)  # a request's headers must arrive in this
     max_pixels: int = Field(default=25_000_000, ge=1)  # width * height; larger images get 400
     # decoded size (width * height * bytes per pixel); larger images get 400
