@@ -18,9 +18,7 @@ from cnnpipe.serve import packaging
 MAX_ONNX_DIFFERENCE = 1e-5
 
 
-def main(
-    model_file: Path, processed: Path, test_metrics: Path, bentofile: Path, out: Path
-) -> None:
+def main(model_file: Path, processed: Path, test_metrics: Path, bentofile: Path, out: Path) -> None:
     p = params.load().package
     model_hash = checkpoint.file_hash(model_file)
     model, card, _ = checkpoint.load(model_file)
