@@ -90,7 +90,7 @@ class Memory(threading.Thread):
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
         self.process = psutil.Process(pid)
-        self.samples: list[float] = []
+        self.samples: list[tuple[float, float]] = []  # (time, MB)
         self.running = True
 
     def now(self) -> float:
@@ -104,7 +104,7 @@ class Memory(threading.Thread):
 
     def run(self) -> None:
         while self.running:
-            self.samples.append(self.now())
+            self.samples.append((time.perf_counter(), self.now()))
             time.sleep(0.2)
 
 
@@ -171,7 +171,12 @@ async def load(url: str, images: list[bytes], args, memory: Memory) -> dict:
         "rps": len(latencies) / elapsed,
         "p": ms,
         "errors": errors,
-        "rss": (after_warm_up, max(memory.samples, default=0), memory.now()),
+        "rss": (after_warm_up, max((m for _, m in memory.samples), default=0), memory.now()),
+        # the RSS a quarter, half, three quarters of the way through: flat, or growing?
+        "rss_quarters": [
+            min(memory.samples, key=lambda s: abs(s[0] - began - q * elapsed))[1]
+            for q in (0.25, 0.5, 0.75)
+        ],
     }
 
 
@@ -227,7 +232,9 @@ def main() -> None:
                     f"  {name:8} {r['rps']:6.0f} req/s, p50/p95/p99 {p50:.0f}/{p95:.0f}/{p99:.0f}"
                     f" ms, errors {sum(r['errors'].values())} {r['errors'] or ''}, up in"
                     f" {r['ready']:.1f} s, RSS after warm-up/peak/end"
-                    f" {'/'.join(f'{m:.0f}' for m in r['rss'])} MB, alive after: {r['alive']}"
+                    f" {'/'.join(f'{m:.0f}' for m in r['rss'])} MB (at 1/4, 1/2, 3/4 of the"
+                    f" run: {'/'.join(f'{m:.0f}' for m in r['rss_quarters'])}), alive after:"
+                    f" {r['alive']}"
                 )
             if len(rates) == 2:
                 ratios.append(rates["cnnpipe"] / rates["plain"])

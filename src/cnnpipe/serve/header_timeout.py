@@ -15,6 +15,7 @@ import asyncio
 import functools
 import importlib
 import typing as t
+import weakref
 
 PROTOCOLS = (
     "uvicorn.protocols.http.h11_impl:H11Protocol",
@@ -26,17 +27,30 @@ TIMEOUT_RESPONSE = (
 )
 
 
-def _expire(protocol: t.Any, cycle: t.Any) -> None:
+def _expire(protocol_ref: weakref.ref, cycle_ref: weakref.ref | None) -> None:
     """Close the connection if no request has started since the deadline was set."""
+    protocol = protocol_ref()
+    if protocol is None:  # the connection is gone
+        return
+    current = protocol.cycle
+    if cycle_ref is None and current is not None:
+        return  # the connection's first request has started
+    if cycle_ref is not None and current is not cycle_ref():
+        return  # a new request has started (or the one armed after was freed: it ended)
     transport = protocol.transport
-    if protocol.cycle is cycle and transport is not None and not transport.is_closing():
+    if transport is not None and not transport.is_closing():
         transport.write(TIMEOUT_RESPONSE)
         transport.close()
 
 
 def _arm(protocol: t.Any, seconds: float) -> None:
+    # weak references: the timer must not keep a finished request (its scope, its images) or a
+    # closed connection alive for `seconds`
+    cycle = protocol.cycle
     loop = asyncio.get_running_loop()
-    loop.call_later(seconds, _expire, protocol, protocol.cycle)
+    loop.call_later(
+        seconds, _expire, weakref.ref(protocol), weakref.ref(cycle) if cycle is not None else None
+    )
 
 
 def _with_deadline(method: t.Callable, seconds: float) -> t.Callable:
