@@ -28,7 +28,8 @@ def return_freed_images_to_the_system() -> None:
     """Make glibc map every allocation over 1 MiB on its own, so that a decoded image's memory
     goes back to the system when it is freed. By default glibc raises that threshold to the size
     of the largest block freed so far (up to 32 MiB), so after one large image the next ones come
-    from its heap, which does not shrink: a worker would keep hundreds of MB after a few bombs."""
+    from its heap, which does not shrink: a worker kept 53 MB after 8 concurrent 16-bit
+    5000x5000 images without this, 3 MB with it (tests/test_server.py)."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 
 from cnnpipe.core.errors import CnnpipeError
-from cnnpipe.model.card import ModelCard
 from cnnpipe.serve.packaging import MODEL_FILE, NAME, ONNX_FILE
 
 
@@ -78,9 +77,3 @@ def load(model_dir: Path, choice: str, threads: int) -> Runtime:
     if choice != "torch" and exported.exists():
         return OnnxRuntime(exported, threads)
     return TorchRuntime(model_dir / MODEL_FILE, threads)
-
-
-def spec_of(metadata: dict) -> ModelCard:
-    """The model card stored with a model (what the runtime's input must be)."""
-    fields = set(ModelCard.model_fields)
-    return ModelCard(**{k: v for k, v in metadata.items() if k in fields})
