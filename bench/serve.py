@@ -6,11 +6,13 @@ the servers' memory (RSS of the whole process tree).
 Run from the project root after `dvc repro` (images from the test split):
 
     python bench/serve.py                      # the workspace model, and resnet18 at 64 px
-    python bench/serve.py --case models/model.pt --case densenet121:64:3
+    python bench/serve.py --case models/model.pt --case densenet121:64:3 --rounds 3
+    python bench/serve.py --model resnet18.pt         # --model: the same as --case
     python bench/serve.py --requests 10000 --concurrency 64 --servers cnnpipe   # a soak
 
 A case is a model file, or ARCH:SIZE[:CHANNELS] for an untrained model of that architecture on
-the workspace's classes (throughput does not depend on the weights). Each model is packaged as
+the workspace's classes (throughput does not depend on the weights); `--rounds N` alternates
+the servers N times and prints the median ratio. Each model is packaged as
 the package stage does (ONNX export checked against torch) into a temporary BentoML store; the
 service runs with its default settings unless CNNPIPE_* variables are set. The servers and this
 client share the machine's cores.
