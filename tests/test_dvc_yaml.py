@@ -64,14 +64,23 @@ def closure(script: Path) -> set[Path]:
     return seen
 
 
+# Functions allowed to import library code, each for a reason. The graph read below still sees
+# their imports (ast.walk enters functions), so what a stage or the bento needs stays complete.
+DEFERRED_IMPORTS = {
+    # only a torch worker loads torch: not the supervising process, not an ONNX worker
+    ("src/cnnpipe/serve/runtime.py", "__init__"),
+}
+
+
 def test_library_code_imports_cnnpipe_at_module_level_only():
-    """The import graph read below is complete only if no function imports library code."""
+    """Imports at module level make the import graph a reader sees the one that runs."""
     for path in [*SRC.rglob("*.py"), *(REPO / "stages").glob("*.py")]:
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                 inner = imported_modules(ast.Module(body=node.body, type_ignores=[]))
-                assert not inner, f"{path.relative_to(REPO)}: {node.name} imports {inner}"
+                where = (path.relative_to(REPO).as_posix(), node.name)
+                assert not inner or where in DEFERRED_IMPORTS, f"{where} imports {inner}"
 
 
 def sections_read(script: Path) -> set[str]:
