@@ -1,6 +1,13 @@
 """Stage 5: put the trained model, with its model card, into the BentoML model store, and build
 and export a bento around it."""
 
+import os
+
+from cnnpipe.core import kernels
+
+# Before anything imports torch: the bits of a prediction depend on its CPU kernels and threads.
+os.environ.update(kernels.inference_environment())
+
 import json
 from pathlib import Path
 
