@@ -84,7 +84,7 @@ print(torch.backends.cpu.get_cpu_capability(), torch.get_num_threads())
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("name", ["train", "evaluate", "package"])
+@pytest.mark.parametrize("name", ["package"])  # train and evaluate: the bytes test below
 def test_every_torch_stage_pins_before_torch_loads(name, tmp_path):
     """The stage's module level overrides what the environment says, before torch loads."""
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(train={"num_threads": 2})))

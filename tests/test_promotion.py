@@ -30,7 +30,7 @@ def test_the_package_stage_registers_the_model_of_the_training_run(
     client = mlflow.MlflowClient(uri)
     model_hash = checkpoint.file_hash(reproduced.root / "models/model.pt")
     versions = client.search_model_versions(f"name = '{REGISTERED_MODEL}'")
-    assert [(v.version, v.tags[MODEL_HASH_TAG]) for v in versions] == [("1", model_hash)]
+    assert [(str(v.version), v.tags[MODEL_HASH_TAG]) for v in versions] == [("1", model_hash)]
     training = client.get_run(versions[0].run_id)
     assert training.data.tags[MODEL_HASH_TAG] == model_hash
     assert "val_accuracy" in training.data.metrics and "test_accuracy" in training.data.metrics
@@ -42,7 +42,7 @@ def test_the_package_stage_registers_the_model_of_the_training_run(
 
 
 def test_a_passing_gate_promotes_the_model_and_champion_loads(
-    reproduced: Project, workspace: Project, monkeypatch
+    reproduced: Project, workspace: Project
 ):
     shutil.copy(reproduced.root / "mlflow.db", workspace.root / "mlflow.db")
     uri = f"sqlite:///{workspace.root / 'mlflow.db'}"
@@ -60,13 +60,17 @@ def test_a_passing_gate_promotes_the_model_and_champion_loads(
     assert f"promoted: models:/{REGISTERED_MODEL}@{CHAMPION} is {REGISTERED_MODEL} version 1" in (
         passed.stdout
     )
-    assert client.get_registered_model(REGISTERED_MODEL).aliases == {CHAMPION: "1"}
+    assert client.get_registered_model(REGISTERED_MODEL).aliases == {CHAMPION: 1}
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    champion = mlflow.pytorch.load_model(f"models:/{REGISTERED_MODEL}@{CHAMPION}")
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)  # as a user would, before loading from the registry
+    try:
+        champion = mlflow.pytorch.load_model(f"models:/{REGISTERED_MODEL}@{CHAMPION}")
+    finally:
+        mlflow.set_tracking_uri(previous)
     card = checkpoint.card_of(checkpoint.read(workspace.root / "models/model.pt"))
     test = read_split(workspace.root / "data/processed", "test")
     with torch.no_grad():
         x = normalize(torch.from_numpy(np.array(test.images)), card.mean, card.std)
-        predicted = champion.eval()(x).argmax(1).numpy()
+        predicted = champion(x).argmax(1).numpy()  # the whole split in one batch
     assert float((predicted == test.labels).mean()) == pytest.approx(measured["test_accuracy"])

@@ -35,8 +35,7 @@ def test_push_then_a_fresh_clone_pulls_and_reproduces_nothing(workspace: Project
     tag = json.loads((dest / packaging.TAGS_FILE).read_text())["model"]
     bentoml = (sys.executable, "-m", "bentoml")
     assert teammate.run(*bentoml, "models", "get", tag, check=False).returncode != 0
-    teammate.run(
-        *bentoml, "models", "import", str(packaging.TAGS_FILE.parent / packaging.MODEL_ARCHIVE)
-    )
+    archive = dest / packaging.TAGS_FILE.parent / packaging.MODEL_ARCHIVE
+    teammate.run(*bentoml, "models", "import", str(archive))  # an absolute path: BentoML's way
     shown = teammate.run(*bentoml, "models", "get", tag, "-o", "json")
     assert json.loads(shown.stdout)["metadata"]["sha256"].startswith(tag.split(":")[1])

@@ -70,7 +70,7 @@ def train(
     except BaseException:
         run.end("FAILED")
         raise
-    _log_result(run, model, result, model_file, parameters, val.images[:1], spec)
+    _log_result(run, model, result, model_file, parameters, val.images[:2], spec)
 
 
 def _log_epoch(m: EpochMetrics, p: TrainParams, live: Live, run: Run) -> None:
@@ -113,6 +113,8 @@ def _log_result(
             "model_bytes": model_file.stat().st_size,
         }
     )
+    # two images, not one: MLflow exports the model with torch.export, which fixes a batch size
+    # of 1 for good but keeps a larger one dynamic
     normalized = normalize(torch.from_numpy(np.array(example)), spec.mean, spec.std)
     run.log_model(model, normalized.numpy())
     run.end()
