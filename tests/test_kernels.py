@@ -84,11 +84,11 @@ print(torch.backends.cpu.get_cpu_capability(), torch.get_num_threads())
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("name", ["package"])  # train and evaluate: the bytes test below
-def test_every_torch_stage_pins_before_torch_loads(name, tmp_path):
-    """The stage's module level overrides what the environment says, before torch loads."""
+def test_the_package_stage_pins_before_torch_loads(tmp_path):
+    """Its module level overrides what the environment says, before torch loads (train and
+    evaluate: the bytes test below)."""
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(train={"num_threads": 2})))
-    script = str(REPO / "stages" / f"{name}.py")
+    script = str(REPO / "stages" / "package.py")
     env = {**os.environ, **HOSTILE, "PYTHONPATH": str(REPO / "src")}
     probe = subprocess.run(
         [sys.executable, "-c", PROBE, script],
