@@ -1,6 +1,13 @@
 """Stage 5: export the trained model to ONNX and check it against torch on the test split, put
-both, with the model card, into the BentoML model store, and build and export a bento around
-them."""
+both, with the model card, into the BentoML model store (exported as an archive too), register
+the model in MLflow's model registry, and build and export a bento around it."""
+
+import os
+
+from cnnpipe.core import kernels
+
+# Before anything imports torch: the bits of a prediction depend on its CPU kernels and threads.
+os.environ.update(kernels.inference_environment())
 
 import json
 import tempfile
@@ -13,6 +20,7 @@ from cnnpipe.core.outputs import atomic_path, write_json
 from cnnpipe.core.project import git_revision
 from cnnpipe.model import checkpoint, export
 from cnnpipe.serve import packaging
+from cnnpipe.tracking import REGISTERED_MODEL, Run
 
 # class probabilities of the export may differ from torch's by float rounding, not more
 MAX_ONNX_DIFFERENCE = 1e-5
@@ -49,9 +57,13 @@ def main(model_file: Path, processed: Path, test_metrics: Path, bentofile: Path,
         checked = {"onnx_max_difference": difference}
         model_tag = packaging.store_model(version, model_file, card, onnx_file, checked)
     stage.progress(f"package: model {model_tag} in the BentoML store")
+    if (registered := Run.find(model_hash).register_model(model_hash)) is not None:
+        stage.progress(f"package: MLflow registry {REGISTERED_MODEL} version {registered}")
     with atomic_path(out) as tmp:
         tmp.mkdir()
         record = {"model": model_tag, "bento": None}
+        # what `bentoml models import` reads where the store lacks the model (after `dvc pull`)
+        packaging.export_model(model_tag, tmp / packaging.MODEL_ARCHIVE)
         if p.build:
             record["bento"] = packaging.build_bento(bentofile, version, model_tag)
             packaging.export_bento(record["bento"], tmp / f"{packaging.NAME}.bento")

@@ -58,6 +58,7 @@ def test_two_processes_by_params_and_by_torchrun(workspace: Project):
     rows = (project.root / "metrics/train/plots/metrics/val_accuracy.tsv").read_text()
     assert len(rows.splitlines()) == 1 + EPOCHS  # one dvclive writer: no doubled rows
     assert mlflow_runs(project) == 1
+    by_params = data["state_dict"]
 
     # Started by torchrun directly, with the stage's own command line: a normal model.
     project.write_params(tiny_params(train={"epochs": EPOCHS}))
@@ -69,6 +70,8 @@ def test_two_processes_by_params_and_by_torchrun(workspace: Project):
     assert "on 2 processes on cpu" in result.stdout
     model, card, data = checkpoint.load(model_file)
     assert data["params"]["nproc"] == 1  # torchrun, not the params switch, started the processes
+    # The promise of a DDP run: the same process count gives the same weights, however started.
+    assert all(torch.equal(by_params[k], v) for k, v in data["state_dict"].items())
     assert card.best_epoch in range(1, EPOCHS + 1)
     test = read_split(project.root / "data/processed", "test")
     scored = metrics.evaluate(model, test, card, torch.device("cpu"), 64)

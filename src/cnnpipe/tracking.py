@@ -15,10 +15,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from cnnpipe.core.errors import CnnpipeError
 from cnnpipe.core.project import git_revision, project_root
 
 EXPERIMENT = "cnnpipe"
 MODEL_HASH_TAG = "cnnpipe.model_sha256"
+REGISTERED_MODEL = "cnnpipe"  # in MLflow's model registry: models:/cnnpipe/<version>
+CHAMPION = "champion"  # the alias a passing gate on main sets: models:/cnnpipe@champion
 
 
 def tracking_uri() -> str:
@@ -180,12 +183,56 @@ class Run:
 
         self._active("logging the model", log)
 
+    def register_model(self, model_hash: str, name: str = REGISTERED_MODEL) -> str | None:
+        """Register the model this run logged as a version of `name` in the model registry,
+        tagged with its hash (once: an existing version for the hash is returned); the version."""
+
+        def register() -> str:
+            client = self._client()
+            existing = registered_version(client, model_hash, name)
+            if existing is not None:
+                return existing
+            outputs = client.get_run(self.run_id).outputs.model_outputs
+            if not outputs:
+                raise LookupError(f"run {self.run_id} logged no model")
+            import mlflow
+
+            version = mlflow.register_model(
+                f"models:/{outputs[-1].model_id}", name, tags={MODEL_HASH_TAG: model_hash}
+            )
+            return str(version.version)
+
+        return self._active("registering the model", register)
+
     def end(self, status: str = "FINISHED") -> None:
         self._active("ending the run", lambda: self._client().set_terminated(self.run_id, status))
 
-    def _active(self, what: str, action: Callable[[], Any]) -> None:
-        if self.run_id is not None:
-            self._guard(what, action)
+    def _active(self, what: str, action: Callable[[], Any]) -> Any:
+        return self._guard(what, action) if self.run_id is not None else None
+
+
+def registered_version(client, model_hash: str, name: str = REGISTERED_MODEL) -> str | None:
+    """The registry's version of `name` whose model has this hash, if any."""
+    found = client.search_model_versions(
+        f"name = '{name}' and tags.`{MODEL_HASH_TAG}` = '{model_hash}'"
+    )
+    return str(max(int(v.version) for v in found)) if found else None
+
+
+def promote(model_hash: str, alias: str = CHAMPION, name: str = REGISTERED_MODEL) -> str:
+    """Point `alias` at the registered version of the model with this hash; returns the version.
+    Unlike tracking, this is not best-effort: a model that is not registered stops it."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri())
+    version = registered_version(client, model_hash, name)
+    if version is None:
+        raise CnnpipeError(
+            f"no version of {name!r} in the model registry at {tracking_uri()} has model "
+            f"{model_hash[:12]}; run the package stage (dvc repro) against this store first"
+        )
+    client.set_registered_model_alias(name, alias, version)
+    return version
 
 
 def _requirements() -> list[str]:

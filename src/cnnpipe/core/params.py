@@ -92,7 +92,10 @@ class TrainParams(Section):
     gamma: float = Field(default=0.1, gt=0.0, le=1.0)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    num_threads: int = Field(default=0, ge=0)
+    # portable: the bits depend on params and data only (AVX2 kernels on x86-64, num_threads);
+    # machine: the fastest kernels this CPU has, bits that depend on it (see core/kernels.py)
+    determinism: Literal["portable", "machine"] = "portable"
+    num_threads: int = Field(default=2, ge=0)  # CPU threads of the whole training; 0: all cores
     mixed_precision: Literal["none", "bf16"] = "none"
     channels_last: bool = False
     augment: bool = False  # random affine changes (and flips, if `flip`) of each training batch
@@ -101,6 +104,15 @@ class TrainParams(Section):
     max_zoom: float = Field(default=0.1, ge=0.0, lt=1.0)  # scale within 1 +- max_zoom
     flip: bool = False  # mirror left-right too (wrong for digits and text)
     nproc: int = Field(default=1, ge=1)  # >1: DistributedDataParallel in that many processes
+
+    @model_validator(mode="after")
+    def _fixed_threads(self) -> TrainParams:
+        if self.determinism == "portable" and self.num_threads == 0:
+            raise ValueError(
+                "num_threads 0 (every core) makes the bits depend on the machine; set a thread "
+                "count, or determinism: machine"
+            )
+        return self
 
 
 class EvaluateParams(Section):

@@ -15,6 +15,7 @@ NAME = "cnnpipe"  # of the stored model and of the bento (bentofile.yaml)
 MODEL_FILE = "model.pt"
 ONNX_FILE = "model.onnx"  # the ONNX export, when the package stage wrote one
 TAGS_FILE = Path("models/bento/tags.json")  # the tags of the workspace's model and bento
+MODEL_ARCHIVE = "cnnpipe.bentomodel"  # the stored model as one file, beside TAGS_FILE
 
 
 def store_model(
@@ -68,3 +69,8 @@ def build_bento(bentofile: Path, version: str, model_tag: str) -> str:
 def export_bento(tag: str, path: Path) -> None:
     """Write the bento, its model included, as one archive (bentoml import reads it)."""
     bentoml.bentos.export_bento(tag, str(path.resolve()))
+
+
+def export_model(tag: str, path: Path) -> None:
+    """Write the stored model as one archive (`bentoml models import` reads it)."""
+    bentoml.models.export_model(tag, str(path.resolve()))

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from dvclive import Live
 
-from cnnpipe.core import stage
+from cnnpipe.core import kernels, stage
 from cnnpipe.core.dataset import read_spec, read_split
 from cnnpipe.core.outputs import atomic_path
 from cnnpipe.core.params import TrainParams
@@ -31,7 +31,7 @@ def train(
     """Train on the processed data; rank 0 writes model_file, live_dir and the MLflow run."""
     spec = read_spec(processed)
     train_split, val = (read_split(processed, s, mmap=None) for s in ("train", "val"))
-    make_deterministic(p.seed, p.num_threads)
+    make_deterministic(p.seed, kernels.process_threads(p.num_threads))
     model = registry.build(p.model, spec.channels, len(spec.classes), spec.image_size, p.pretrained)
     if not rank.is_main:  # rank 0 logs and writes for every process
         fit(model, train_split, val, spec.mean, spec.std, p, device, rank=rank)
@@ -70,7 +70,7 @@ def train(
     except BaseException:
         run.end("FAILED")
         raise
-    _log_result(run, model, result, model_file, parameters, val.images[:1], spec)
+    _log_result(run, model, result, model_file, parameters, val.images[:2], spec)
 
 
 def _log_epoch(m: EpochMetrics, p: TrainParams, live: Live, run: Run) -> None:
@@ -113,6 +113,8 @@ def _log_result(
             "model_bytes": model_file.stat().st_size,
         }
     )
+    # two images, not one: MLflow exports the model with torch.export, which fixes a batch size
+    # of 1 for good but keeps a larger one dynamic
     normalized = normalize(torch.from_numpy(np.array(example)), spec.mean, spec.std)
     run.log_model(model, normalized.numpy())
     run.end()
