@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
+import os
+import socket
+import stat
+import struct
 import subprocess
 import sys
+import threading
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +23,8 @@ from PIL import Image
 from cnnpipe.core import params, preprocess
 from cnnpipe.core.dataset import LABELS_FILE, read_spec
 from cnnpipe.core.errors import CnnpipeError
+from cnnpipe.data import folder, sources
 from cnnpipe.data import report as datareport
-from cnnpipe.data import sources
 
 
 def picture(colour: tuple[int, int, int], size: tuple[int, int], seed: int) -> Image.Image:
@@ -82,6 +89,57 @@ def make_folder(root: Path) -> Path:
     (root / ".hidden").mkdir()
     (root / ".hidden" / "x.png").write_bytes(GOOD["cat"]["a.png"]())
     return root
+
+
+def add_hostile(root: Path, outside: Path) -> dict[str, str]:
+    """Entries DVC cannot hash (it hangs on a FIFO, fails on a socket or a dangling or looping
+    link) or that lead out of the folder; returns each one's expected reason."""
+    os.mkfifo(root / "cat" / "pipe.png")
+    with socket.socket(socket.AF_UNIX) as listening:
+        listening.bind(str(root / "dog" / "socket.png"))
+    (root / "fish" / "dangling.png").symlink_to("missing.png")
+    (root / "fish" / "loop.png").symlink_to("loop.png")
+    (root / "everything").symlink_to("/")  # a class folder linked outside the tree
+    outside.write_bytes(GOOD["cat"]["a.png"]())
+    (root / "cat" / "outside.png").symlink_to(outside)
+    (root / "dog" / "cats").symlink_to("../cat")
+    reasons = {
+        "cat/pipe.png": "a named pipe (FIFO)",
+        "dog/socket.png": "a socket",
+        "fish/dangling.png": "a link to missing.png, which does not exist",
+        "fish/loop.png": "a link that loops",
+        "everything": "a link to /, outside the folder",
+        "cat/outside.png": f"a link to {outside}, outside the folder",
+        "dog/cats": "a link to a folder",
+    }
+    try:
+        os.mknod(root / "fish" / "null.png", stat.S_IFCHR | 0o600, os.makedev(1, 3))
+        reasons["fish/null.png"] = "a character device"
+    except PermissionError:  # no CAP_MKNOD here
+        pass
+    return reasons
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares its size and holds (almost) no pixels."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
+def listed_within(root: Path, seconds: float) -> folder.Listing:
+    """list_folder, failing the test (not hanging it) if the walk blocks."""
+    result: list = []
+    walker = threading.Thread(target=lambda: result.append(folder.list_folder(str(root))))
+    walker.daemon = True
+    walker.start()
+    walker.join(seconds)
+    assert result, f"listing {root} took over {seconds} s"
+    return result[0]
 
 
 def folder_params(root: Path) -> params.GenerateParams:
@@ -157,6 +215,62 @@ def test_the_data_report_counts_skips_and_sizes(tmp_path):
     assert cells.std() > 0  # an image was drawn in the last column
 
 
+def test_what_dvc_cannot_hash_is_skipped_with_a_reason_and_nothing_hangs(tmp_path):
+    root = make_folder(tmp_path / "photos")
+    reasons = add_hostile(root, tmp_path / "elsewhere.png")
+    (root / "cat" / "again.png").symlink_to("a.png")  # a link within the folder is followed
+    listing = listed_within(root, 10)
+    skipped = {Path(s.path).relative_to(root).as_posix(): s.reason for s in listing.skipped}
+    for name, reason in reasons.items():
+        assert reason in skipped.pop(name), (name, skipped)
+    assert set(skipped) == {"README.txt"}  # the loose file; bad images are met when decoded
+    assert listing.classes["cat"]["again.png"] == listing.classes["cat"]["a.png"]
+    assert set(listing.classes) == set(GOOD)
+    raw = sources.write_raw(folder_params(root), tmp_path / "raw", listing)
+    assert raw.counts == {"cat": 6, "dog": 4, "fish": 4}
+    assert {s.path for s in raw.skipped} == {str(root / n) for n in [*reasons, *BAD]}
+
+
+def test_md5s_come_from_the_cache_until_a_file_changes(tmp_path):
+    root = make_folder(tmp_path / "photos")
+    cache = tmp_path / "md5.json"
+    first = folder.list_folder(str(root), cache)
+    stored = json.loads(cache.read_text())
+    assert len(stored) == sum(len(files) for files in first.classes.values())
+    marked = {key: [stamp, "0" * 32] for key, (stamp, _) in stored.items()}
+    cache.write_text(json.dumps(marked))  # what a cache hit returns
+    assert set(folder.list_folder(str(root), cache).classes["cat"].values()) == {"0" * 32}
+    (root / "cat" / "a.png").write_bytes(b"changed")
+    again = folder.list_folder(str(root), cache).classes["cat"]
+    assert again["a.png"] == hashlib.md5(b"changed").hexdigest()  # re-read: size and time moved
+    assert again["b.jpg"] == "0" * 32
+
+
+def test_the_same_image_in_two_classes_is_reported(tmp_path):
+    root = make_folder(tmp_path / "photos")
+    (root / "dog" / "copy-of-cat.png").write_bytes((root / "cat" / "a.png").read_bytes())
+    (root / "cat" / "copy.png").write_bytes((root / "cat" / "a.png").read_bytes())
+    p = folder_params(root)
+    report = datareport.summary(sources.write_raw(p, tmp_path / "raw"), p)
+    assert report["duplicates_across_classes"] == [
+        {
+            "classes": ["cat", "dog"],
+            "files": ["images/cat/a.png", "images/cat/copy.png", "images/dog/copy-of-cat.png"],
+        }
+    ]
+
+
+def test_an_oversized_image_is_skipped_as_too_large_not_as_truncated(tmp_path):
+    root = make_folder(tmp_path / "photos")
+    (root / "cat" / "huge.png").write_bytes(png_header(30000, 30000))
+    (root / "cat" / "big.png").write_bytes(png_header(9000, 9000))
+    raw = sources.write_raw(folder_params(root), tmp_path / "raw")
+    reasons = {Path(s.path).name: s.reason for s in raw.skipped}
+    assert reasons["huge.png"].startswith("the image is 900000000 pixels, over the limit of")
+    assert reasons["big.png"].startswith("the image is 9000x9000 = 81000000 pixels, over")
+    assert "truncated" not in reasons["huge.png"] + reasons["big.png"]
+
+
 def layout_error(root: Path) -> str:
     with pytest.raises(CnnpipeError) as caught:
         sources.write_raw(folder_params(root), root.parent / "raw")
@@ -204,19 +318,25 @@ def test_a_class_left_with_too_few_readable_images_is_refused(tmp_path):
 
 @pytest.mark.e2e
 def test_a_folder_runs_through_dvc_repro_end_to_end(workspace: Project, tmp_path):
-    """Real `dvc repro` on the mixed folder; the folder is a DVC dependency."""
+    """Real `dvc repro` on the mixed folder, with entries DVC itself cannot hash (it hangs on a
+    FIFO, fails on a socket or a dangling or looping link): within 2 minutes, every bad entry
+    skipped with its reason. generate depends on the check stage's listing of the folder, so a
+    changed file re-runs it and an unchanged folder re-runs nothing."""
     root = make_folder(tmp_path / "photos")
+    hostile = add_hostile(root, tmp_path / "elsewhere.png")
     project = workspace
     project.write_params(
         tiny_params(generate={"source": "folder", "folder": str(root)}, train={"epochs": 2})
     )
-    result = project.dvc("repro", "process")
+    dvc = (sys.executable, "-m", "dvc")
+    result = project.run(*dvc, "repro", "process", timeout=120)
     assert stages_run(result.stdout) == ["generate", "process"]
-    for name in BAD:
+    for name in [*BAD, *hostile]:
         assert f"skipped {root / name}" in result.stdout
 
     report = json.loads((project.root / "metrics/generate/report.json").read_text())
-    assert {s["path"] for s in report["skipped_files"]} == {str(root / n) for n in BAD}
+    skipped = {s["path"] for s in report["skipped_files"]}
+    assert skipped == {str(root / n) for n in [*BAD, *hostile]}
     assert (project.root / "metrics/generate/samples.png").stat().st_size > 1000
     split = json.loads((project.root / "metrics/process/split.json").read_text())
     assert {c: sum(split[s][c] for s in split) for c in GOOD} == report["images_per_class"]
@@ -227,10 +347,11 @@ def test_a_folder_runs_through_dvc_repro_end_to_end(workspace: Project, tmp_path
     project.dvc("plots", "show", "-o", str(html))
     assert "samples.png" in (html / "index.html").read_text()
 
+    status = project.run(*dvc, "status", "--json", timeout=60)  # DVC never reads the folder
+    status = json.loads(status.stdout)
+    assert status["check"] == ["always changed"] and not {"generate", "process"} & set(status)
     assert stages_run(project.dvc("repro", "process").stdout) == []  # nothing touched, nothing run
     (root / "dog" / "e.png").write_bytes(encode(picture((40, 200, 40), (20, 20), 13), "PNG"))
-    status = json.loads(project.dvc("status", "--json").stdout)
-    assert {"changed deps": {str(root): "modified"}} in status["generate"]
     assert stages_run(project.dvc("repro", "generate").stdout) == ["generate"]
     with open(project.root / "data/raw" / LABELS_FILE) as f:
         assert sum(1 for _ in f) == 1 + 14
