@@ -7,6 +7,7 @@ model exactly the tensor evaluation measured. This module imports no torch.
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
@@ -55,7 +56,15 @@ def open_image(
         raise ImageError(
             "not a readable image; send a PNG, JPEG, GIF, BMP, WebP or TIFF image"
         ) from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:  # PIL's own limit, met before the size is known
+        pixels = re.search(r"\d+", str(exc))
+        size = f"{pixels.group()} pixels" if pixels else "larger than PIL decodes"
+        raise ImageError(
+            f"the image is {size}, over the limit of {max_pixels}; send a smaller image"
+        ) from None
+    except (FileNotFoundError, PermissionError) as exc:
+        raise ImageError(f"the file cannot be read ({exc.strerror})") from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"the image cannot be decoded ({exc}); it may be truncated") from None
 
 
