@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import mlflow
 import pytest
 
 from cnnpipe import tracking
+from cnnpipe.core import processes
 from cnnpipe.tracking import Run
 
 
@@ -58,3 +62,26 @@ def test_an_unreachable_store_warns_once_and_never_raises(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.count("warning: MLflow tracking") == 2  # once per run object, then quiet
     assert "127.0.0.1:9" in err
+
+
+def test_a_run_left_running_by_a_dead_process_is_closed_by_the_next(store):
+    """A process killed with SIGKILL cannot end its run; the next run started on this host
+    marks it KILLED. A run whose owner still lives (a parallel queued experiment) is left
+    alone, and so is one from another host."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    client = mlflow.MlflowClient(store)
+    experiment = client.create_experiment(tracking.EXPERIMENT)
+    owners = {
+        "killed": processes.process_id(gone.pid),
+        "alive": processes.process_id(),
+        "elsewhere": "other-host 0 1 1",
+    }
+    ids = {
+        name: client.create_run(experiment, tags={tracking.PROCESS_TAG: owner}).info.run_id
+        for name, owner in owners.items()
+    }
+    run = Run.start("next", {}, {})
+    status = {name: client.get_run(run_id).info.status for name, run_id in ids.items()}
+    assert status == {"killed": "KILLED", "alive": "RUNNING", "elsewhere": "RUNNING"}
+    assert client.get_run(run.run_id).data.tags[tracking.PROCESS_TAG] == owners["alive"]

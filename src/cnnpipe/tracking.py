@@ -3,7 +3,9 @@
 The store defaults to `sqlite:///<project root>/mlflow.db`, the project root being DVC's own also
 inside a temporary experiment copy, so every run lands where `mlflow ui` in the root reads.
 `MLFLOW_TRACKING_URI` overrides it. Tracking never breaks a stage: the first failure prints one
-warning and the run goes quiet.
+warning and the run goes quiet. Each run is tagged with the process that owns it; a run left
+RUNNING by a process that is gone (killed with SIGKILL, a crash, a reboot) is marked KILLED by the
+next run started on that host.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from cnnpipe.core.processes import process_id, still_running
 from cnnpipe.core.project import git_revision, project_root
 
 EXPERIMENT = "cnnpipe"
 MODEL_HASH_TAG = "cnnpipe.model_sha256"
+PROCESS_TAG = "cnnpipe.process"  # the owner, as cnnpipe.core.processes.process_id() names it
 
 
 def tracking_uri() -> str:
@@ -100,7 +104,9 @@ class Run:
             experiment_id = (
                 experiment.experiment_id if experiment else client.create_experiment(EXPERIMENT)
             )
-            created = client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
+            close_abandoned(client, experiment_id)
+            owned = {**tags, PROCESS_TAG: process_id()}
+            created = client.create_run(experiment_id, run_name=run_name, tags=owned)
             run.run_id = created.info.run_id
             from mlflow.entities import Param
 
@@ -182,6 +188,25 @@ class Run:
     def _active(self, what: str, action: Callable[[], Any]) -> None:
         if self.run_id is not None:
             self._guard(what, action)
+
+
+def close_abandoned(client, experiment_id: str) -> list[str]:
+    """Mark KILLED the runs of the experiment left RUNNING by a process that is gone; return
+    their ids. Runs owned by another host, or by no known process, are left alone."""
+    closed = []
+    for run in client.search_runs(
+        [experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000
+    ):
+        owner = run.data.tags.get(PROCESS_TAG)
+        if owner and still_running(owner) is False:
+            client.set_terminated(run.info.run_id, "KILLED")
+            closed.append(run.info.run_id)
+            print(
+                f"tracking: MLflow run {run.info.run_name} ({run.info.run_id[:8]}) was left "
+                "RUNNING by a process that is gone; marked KILLED",
+                flush=True,
+            )
+    return closed
 
 
 def _requirements() -> list[str]:
