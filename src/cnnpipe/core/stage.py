@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -31,8 +32,11 @@ def run(main: Callable[..., None]) -> None:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     except processes.Terminated:
-        print(f"error: {Path(sys.argv[0]).stem} stopped by SIGTERM", file=sys.stderr)
-        raise SystemExit(143) from None
+        print(f"error: {Path(sys.argv[0]).stem} stopped by SIGTERM", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        # The cleanup ran while unwinding; the interpreter's own teardown can block for long in
+        # torch.distributed once a peer has gone, and a stopped stage must be gone at once.
+        os._exit(143)
     except KeyboardInterrupt:
         raise SystemExit(130) from None
 
