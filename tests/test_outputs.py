@@ -59,16 +59,29 @@ def test_copies_left_by_dead_writers_are_swept_by_the_next(project):
     (project / "metrics").mkdir()
     dead, live = dead_pid(), os.getpid()
     left = [
-        scratch / f".train.0badc0de.tmp-{dead}",
+        scratch / f".train.tmp-0badc0de-{dead}",
         project / "metrics" / f".train.tmp-{dead}",  # where earlier versions wrote them
     ]
     for path in left:
         path.mkdir()
         (path / "metrics.json").write_text("{}")
-    running = scratch / f".model.pt.12345678.tmp-{live}"
+    running = scratch / f".model.pt.tmp-12345678-{live}"
     running.write_bytes(b"being written")
     mine = project / "metrics" / "notes.tmp-1"  # not a temporary output's name
     mine.write_text("kept")
     outputs.write_json(project / "metrics" / "train.json", {"a": 1})
     assert not any(path.exists() for path in left)
     assert running.exists() and mine.exists()
+
+
+def test_a_checkpoint_written_twice_has_the_same_bytes(tmp_path):
+    """torch.save names the archive inside the file after the file's name: the temporary name's
+    unique part must not reach it."""
+    import torch
+
+    saved = []
+    for _ in range(2):
+        with outputs.atomic_path(tmp_path / "model.pt") as tmp:
+            torch.save({"w": torch.arange(3.0)}, tmp)
+        saved.append((tmp_path / "model.pt").read_bytes())
+    assert saved[0] == saved[1]

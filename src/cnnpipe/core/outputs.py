@@ -22,7 +22,7 @@ from pathlib import Path
 from cnnpipe.core.processes import pid_alive
 
 SCRATCH = Path(".dvc/tmp/cnnpipe")
-_TEMPORARY = re.compile(r"^\..+\.tmp-(\d+)$")  # hidden, ends in the writer's pid
+_TEMPORARY = re.compile(r"^\..+\.tmp-(?:[0-9a-f]+-)?(\d+)$")  # hidden, ends in the writer's pid
 
 
 def scratch_dir(near: Path) -> Path | None:
@@ -53,7 +53,9 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     sweep(home)
     if home != path.parent:
         sweep(path.parent)
-    tmp = home / f".{path.name}.{secrets.token_hex(4)}.tmp-{os.getpid()}"
+    # Unique within the folder, and all after the last dot: torch.save names the archive inside
+    # a checkpoint after its file's name up to the last dot, so the bytes do not depend on it.
+    tmp = home / f".{path.name}.tmp-{secrets.token_hex(4)}-{os.getpid()}"
     try:
         yield tmp
         if path.is_dir() and not path.is_symlink():
