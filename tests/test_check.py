@@ -34,8 +34,7 @@ def test_a_bad_value_stops_the_pipeline_before_any_output_is_removed(workspace: 
     committed = (project.root / "params.yaml").read_bytes()
     cases = [  # how the bad value comes in, and what the one line must name
         (["exp", "run", "-S", "train.epochs=0"], "train.epochs: 0 is invalid"),
-        (["exp", "run", "-S", "generate.seed=-1"], "generate.seed: -1 is invalid"),
-        (["exp", "run", "-S", "train.seed=1e20"], "train.seed: 1e+20 is invalid"),
+        (["exp", "run", "-S", "train.seed=1e20"], "train.seed: 1e+20 is invalid"),  # a float
         (["repro"], "process.image_size: 16 does not fit train.model lenet5"),
     ]
     for command, expected in cases:
@@ -65,20 +64,4 @@ def test_the_process_stage_refuses_a_size_the_model_cannot_take_before_writing(t
     assert result.stderr.strip().count("\n") == 0, result.stderr
     assert "process.image_size: 24 is below 32 px" in result.stderr
     assert "resnet18" in result.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
-
-
-def test_a_diverging_training_stops_with_one_line_and_writes_no_model(
-    reproduced: Project, tmp_path
-):
-    """A finite but far too large learning rate: the loss becomes inf/nan; training stops in
-    that epoch and no model reaches evaluate or package."""
-    params = tiny_params(train={"learning_rate": 1e12, "optimizer": "sgd", "epochs": 50})
-    processed = str(reproduced.root / "data/processed")
-    result = run_stage("train", params, tmp_path, processed, "model.pt", "live")
-    assert result.returncode == 2, result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
-    assert "training diverged and stopped, no model written" in result.stderr
-    assert "lower train.learning_rate (1e+12 now)" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import mlflow
 import pytest
@@ -13,11 +14,13 @@ from cnnpipe.core import processes
 from cnnpipe.tracking import Run
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch) -> str:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    return uri
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Iterator[str]:
+    """One store for the module: creating its tables takes seconds."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        yield uri
 
 
 def test_flatten_joins_nested_keys_and_lists():
@@ -71,7 +74,10 @@ def test_a_run_left_running_by_a_dead_process_is_closed_by_the_next(store):
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     client = mlflow.MlflowClient(store)
-    experiment = client.create_experiment(tracking.EXPERIMENT)
+    existing = client.get_experiment_by_name(tracking.EXPERIMENT)
+    experiment = (
+        existing.experiment_id if existing else client.create_experiment(tracking.EXPERIMENT)
+    )
     owners = {
         "killed": processes.process_id(gone.pid),
         "alive": processes.process_id(),
