@@ -65,6 +65,11 @@ def test_floats_are_read_as_dvc_writes_them(tmp_path):
     path.write_text("train:\n  learning_rate: 1e-06\n  max_rotation: 2E+1\n  epochs: 3\n")
     loaded = params.load(path).train
     assert loaded.learning_rate == 1e-06 and loaded.max_rotation == 20.0 and loaded.epochs == 3
+    path.write_text("train:\n  augment: yes\n")  # `-S train.augment=yes`: the word, to DVC
+    with pytest.raises(ParamsError, match="train.augment: 'yes' is invalid"):
+        params.load(path)
+    path.write_text("train:\n  augment: true\n  flip: False\n")
+    assert params.load(path).train.augment is True
     path.write_text("train:\n  learning_rate: .inf\n")
     with pytest.raises(ParamsError, match="train.learning_rate: inf is invalid"):
         params.load(path)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from cnnpipe.core.params import read_yaml
 from cnnpipe.core.processes import process_id, still_running
 from cnnpipe.core.project import git_revision, project_root
 
@@ -49,9 +50,7 @@ def pipeline_params(path: Path = Path("params.yaml")) -> dict[str, Any]:
     Read as plain YAML: logging the other stages' params does not make them inputs of this one
     (DVC re-runs a stage only for its own section, so that is all a stage may compute from).
     """
-    import yaml
-
-    return flatten(yaml.safe_load(path.read_text()) or {})
+    return flatten(read_yaml(path) or {})
 
 
 def dvc_tags() -> dict[str, str]:

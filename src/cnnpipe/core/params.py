@@ -208,10 +208,19 @@ def parse(raw: dict | None) -> Params:
 
 
 class _Yaml12Loader(yaml.SafeLoader):
-    """PyYAML reads YAML 1.1, where `1e-06` (what `dvc exp run -S x=1e-6` writes) is a string;
-    read it as a float, as YAML 1.2 and DVC do."""
+    """YAML as DVC reads and writes it (1.2, not PyYAML's 1.1): `1e-06` (what
+    `dvc exp run -S x=1e-6` writes) is a float, and only true and false are booleans (`yes`, `on`
+    are words to DVC, and so to the schema)."""
 
 
+_BOOL = "tag:yaml.org,2002:bool"
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    _BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 _Yaml12Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
