@@ -138,3 +138,57 @@ def test_a_process_identity_tells_the_living_from_the_dead():
     assert processes.still_running(f"{host} {boot} {pid} {int(start) + 1}") is False  # reused pid
     assert processes.still_running(f"{host} other-boot {pid} {start}") is False
     assert processes.still_running(f"another-host {boot} {pid} {start}") is None
+
+
+SECTION = """
+import os, signal, sys, time
+from pathlib import Path
+from cnnpipe.core import processes, stage
+
+def main(marker: Path) -> None:
+    with processes.uninterrupted():  # a database write: SIGTERM waits for its end
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.3)
+        marker.write_text("section finished")
+    marker.write_text("went on after the section")
+
+stage.run(main)
+"""
+FINALIZER = """
+import os, signal, threading, time
+from pathlib import Path
+from cnnpipe.core import stage
+
+class Slow:
+    def __del__(self):  # SIGTERM arrives in here, where Python drops exceptions
+        time.sleep(0.5)
+
+def main(marker: Path) -> None:
+    threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    Slow()
+    marker.write_text("the finalizer swallowed the stop")
+    while True:
+        time.sleep(0.05)
+
+stage.run(main)
+"""
+
+
+@pytest.mark.parametrize(
+    ("code", "marked"),
+    [(SECTION, "section finished"), (FINALIZER, "the finalizer swallowed the stop")],
+    ids=["inside an uninterrupted section", "inside a finalizer"],
+)
+def test_sigterm_is_never_lost(tmp_path, code, marked):
+    """Deferred to the end of an uninterrupted section; asked again when Python dropped it in
+    a finalizer. Either way a clean stop, well before the SIGKILL after GRACE_S."""
+    script, marker = tmp_path / "stage.py", tmp_path / "marker"
+    script.write_text(code)
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, str(script), str(marker)], env=env(), capture_output=True, text=True
+    )
+    assert result.returncode == 143, result.stderr
+    assert result.stderr.strip() == "error: stage stopped by SIGTERM"
+    assert marker.read_text() == marked
+    assert time.monotonic() - started < processes.GRACE_S

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnpipe.core.params import read_yaml
-from cnnpipe.core.processes import process_id, still_running
+from cnnpipe.core.processes import process_id, still_running, uninterrupted
 from cnnpipe.core.project import git_revision, project_root
 
 EXPERIMENT = "cnnpipe"
@@ -74,7 +74,10 @@ class Run:
         if self.failed:
             return None
         try:
-            return action()
+            # Not broken into by SIGTERM: an interrupted write keeps the store's lock until the
+            # stage has ended, and the stage's own cleanup (ending the run) would wait for it.
+            with uninterrupted():
+                return action()
         except Exception as exc:  # tracking is best-effort by design
             self.failed = True
             print(

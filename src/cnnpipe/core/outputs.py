@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from cnnpipe.core.processes import pid_alive
+from cnnpipe.core.processes import pid_alive, uninterrupted
 
 SCRATCH = Path(".dvc/tmp/cnnpipe")
 _TEMPORARY = re.compile(r"^\..+\.tmp-(?:[0-9a-f]+-)?(\d+)$")  # hidden, ends in the writer's pid
@@ -58,9 +58,10 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     tmp = home / f".{path.name}.tmp-{secrets.token_hex(4)}-{os.getpid()}"
     try:
         yield tmp
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        with uninterrupted():  # never the old output removed and the new one not in place
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
     finally:
         _remove(tmp)
 

@@ -18,6 +18,8 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 OWNER_ENV = "CNNPIPE_OWNER_PID"  # set by a process for the children it starts
@@ -32,12 +34,48 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM arrived (or the parent died): unwinds the stage like Ctrl-C, cleanup included."""
 
 
+_uninterrupted = 0  # depth of the sections SIGTERM must not break into
+_deferred = False  # a SIGTERM arrived inside such a section
+
+
 def _on_sigterm(signum: int, frame: object) -> None:
+    global _deferred
     if _stopping.is_set():  # already unwinding: let the cleanup finish
         return
     _stopping.set()
     threading.Thread(target=_kill_after_grace, daemon=True).start()
+    if _uninterrupted:
+        _deferred = True
+        return
     raise Terminated("stopped by SIGTERM")
+
+
+@contextmanager
+def uninterrupted() -> Iterator[None]:
+    """A section that SIGTERM must not break into (a database write whose lock the cleanup
+    would wait for; replacing an output); the stop is raised when the section ends."""
+    global _uninterrupted, _deferred
+    _uninterrupted += 1
+    try:
+        yield
+    finally:
+        _uninterrupted -= 1
+    if _deferred and not _uninterrupted:
+        _deferred = False
+        raise Terminated("stopped by SIGTERM")
+
+
+def _rearm_if_swallowed(unraisable: object) -> None:
+    """A Terminated raised inside a finalizer (__del__, a weakref callback) is dropped by
+    Python; ask again, from outside it."""
+    if getattr(unraisable, "exc_type", None) is not Terminated:
+        _default_unraisablehook(unraisable)
+        return
+    _stopping.clear()
+    threading.Timer(POLL_S, os.kill, (os.getpid(), signal.SIGTERM)).start()
+
+
+_default_unraisablehook = sys.unraisablehook
 
 
 def _kill_after_grace() -> None:
@@ -48,6 +86,7 @@ def _kill_after_grace() -> None:
 def stop_on_sigterm() -> None:
     """Turn SIGTERM into Terminated in the main thread (must be called from it)."""
     signal.signal(signal.SIGTERM, _on_sigterm)
+    sys.unraisablehook = _rearm_if_swallowed
 
 
 def tied_to_parent() -> bool:
