@@ -24,13 +24,16 @@ def contents(root: Path) -> dict[str, str]:
 
 
 def state(project: Project) -> tuple:
-    status = project.run("git", "status", "--porcelain").stdout
-    return contents(project.root), status, json.loads(project.dvc("status", "--json").stdout)
+    return contents(project.root), project.run("git", "status", "--porcelain").stdout
+
+
+def dvc_status(project: Project) -> dict:
+    return json.loads(project.dvc("status", "--json").stdout)
 
 
 def test_a_bad_value_stops_the_pipeline_before_any_output_is_removed(workspace: Project):
     project = workspace
-    before = state(project)
+    before, status = state(project), dvc_status(project)
     committed = (project.root / "params.yaml").read_bytes()
     cases = [  # how the bad value comes in, and what the one line must name
         (["exp", "run", "-S", "train.epochs=0"], "train.epochs: 0 is invalid"),
@@ -53,6 +56,7 @@ def test_a_bad_value_stops_the_pipeline_before_any_output_is_removed(workspace: 
         # after a failed run DVC leaves git's index believing the edited file unchanged.)
         (project.root / "params.yaml").write_bytes(committed)
         assert state(project) == before, command
+    assert dvc_status(project) == status  # as after every case: no case can undo another's
 
 
 def test_the_process_stage_refuses_a_size_the_model_cannot_take_before_writing(tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import Project, run_stage, tiny_params
+from conftest import Project, clone, run_stage, tiny_params
 
 from cnnpipe.core.dataset import read_split
 from cnnpipe.core.errors import CnnpipeError
@@ -49,9 +49,15 @@ def mlflow_runs(project: Project) -> int:
         return db.execute("select count(*) from runs").fetchone()[0]
 
 
+@pytest.fixture(scope="module")
+def ddp_project(reproduced: Project, tmp_path_factory) -> Project:
+    """One clone for the module's training runs: its MLflow store is created once."""
+    return clone(reproduced, tmp_path_factory.mktemp("distributed") / "repo")
+
+
 @pytest.mark.e2e
-def test_two_processes_by_params_and_by_torchrun(workspace: Project):
-    project = workspace
+def test_two_processes_by_params_and_by_torchrun(ddp_project: Project):
+    project = ddp_project
     project.write_params(tiny_params(train={"nproc": 2, "epochs": EPOCHS}))
     output = project.dvc("repro", "train").stdout
     assert "starting 2 processes" in output and "on 2 processes on cpu" in output
@@ -116,11 +122,11 @@ def contents(root: Path, *folders: str) -> dict[str, str]:
 
 @pytest.mark.e2e
 @pytest.mark.skipif(sys.platform != "linux", reason="parent-death signal and /proc are Linux's")
-def test_kill_9_of_the_launcher_leaves_no_worker_and_changes_no_output(workspace: Project):
+def test_kill_9_of_the_launcher_leaves_no_worker_and_changes_no_output(ddp_project: Project):
     """What the OOM killer does to `train.nproc: 2`: the launcher dies with SIGKILL while its
     two DDP workers train. Both stop within 10 s (rank 0 cleanly: its MLflow run is closed as
     KILLED, its temporary outputs removed) and no output changes."""
-    project = workspace
+    project = ddp_project
     project.write_params(tiny_params(train={"nproc": 2, "epochs": 10_000}))
     before = contents(project.root, "data", "models", "metrics")
     git_status = project.run("git", "status", "--porcelain").stdout
@@ -149,4 +155,5 @@ def test_kill_9_of_the_launcher_leaves_no_worker_and_changes_no_output(workspace
     assert project.run("git", "status", "--porcelain").stdout == git_status
     assert not list((project.root / ".dvc/tmp/cnnpipe").glob(".*.tmp-*"))
     with sqlite3.connect(project.root / "mlflow.db") as db:
-        assert db.execute("select status from runs").fetchall() == [("KILLED",)]
+        latest = db.execute("select status from runs order by start_time desc").fetchone()
+    assert latest == ("KILLED",)

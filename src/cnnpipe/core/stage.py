@@ -31,8 +31,8 @@ def run(main: Callable[..., None]) -> None:
     except CnnpipeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    except processes.Terminated:
-        print(f"error: {Path(sys.argv[0]).stem} stopped by SIGTERM", file=sys.stderr, flush=True)
+    except processes.Terminated as exc:
+        print(f"error: {Path(sys.argv[0]).stem} {exc}", file=sys.stderr, flush=True)
         sys.stdout.flush()
         # The cleanup ran while unwinding; the interpreter's own teardown can block for long in
         # torch.distributed once a peer has gone, and a stopped stage must be gone at once.

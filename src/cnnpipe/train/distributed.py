@@ -85,7 +85,7 @@ def launch(nproc: int, script: str, args: list[str]) -> None:
     try:
         torchrun(["--standalone", f"--nproc_per_node={nproc}", script, *args])
     except SignalException as exc:  # torchrun stopped the workers first
-        raise Terminated(str(exc)) from None
+        raise Terminated(f"stopped by {exc.sigval.name}") from None
     except ChildFailedError as exc:
         raise CnnpipeError(
             f"{len(exc.failures)} of {nproc} training processes failed (their errors are above); "
