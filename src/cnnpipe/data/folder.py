@@ -60,28 +60,26 @@ class NotRegular(OSError):
     """A path that is no longer a regular file."""
 
 
-def read_file(path: Path) -> bytes:
-    """A regular file's bytes; never blocks on a FIFO that took its place."""
+def _open_regular(path: Path) -> int:
+    """A descriptor of the regular file at path; never blocks on a FIFO that took its place."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise NotRegular(errno.EINVAL, "not a regular file")
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            return f.read()
-    finally:
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
+        raise NotRegular(errno.EINVAL, "not a regular file")
+    return fd
+
+
+def read_file(path: Path) -> bytes:
+    """A regular file's bytes."""
+    with os.fdopen(_open_regular(path), "rb") as f:
+        return f.read()
 
 
 def _md5(path: Path) -> str:
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     digest = hashlib.md5()
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise NotRegular(errno.EINVAL, "not a regular file")
-        while chunk := os.read(fd, _CHUNK):
+    with os.fdopen(_open_regular(path), "rb") as f:
+        while chunk := f.read(_CHUNK):
             digest.update(chunk)
-    finally:
-        os.close(fd)
     return digest.hexdigest()
 
 
@@ -166,10 +164,16 @@ def list_folder(folder: str, hash_cache: Path | None = None) -> Listing:
         )
     if not root.is_dir():
         raise CnnpipeError(f"generate.folder: {folder!r} is not a folder; point it at {_layout()}")
+    try:
+        names = sorted(os.listdir(root))
+    except OSError as exc:
+        raise CnnpipeError(
+            f"generate.folder: {folder!r} cannot be listed ({exc.strerror}); check its permissions"
+        ) from None
     real = root.resolve()
     listing = Listing(folder)
     found: dict[str, list[tuple[Path, os.stat_result]]] = {}
-    for name in sorted(os.listdir(root)):
+    for name in names:
         if name.startswith("."):
             continue
         kind, _ = _classify(root / name, real)
