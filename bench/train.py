@@ -48,9 +48,7 @@ def prepare(root: Path, images_per_class: int) -> dict[int, Path]:
     out = {}
     for size in sorted({size for _, size, _ in CASES}):
         out[size] = root / f"processed-{size}"
-        split.write_processed(
-            raw, out[size], params.parse({"process": {"image_size": size}}).process
-        )
+        split.write_processed(raw, out[size], params.ProcessParams(image_size=size))
     return out
 
 

@@ -84,16 +84,26 @@ def test_library_code_imports_cnnpipe_at_module_level_only():
 
 
 def sections_read(script: Path) -> set[str]:
-    """The params sections a stage reads: `params.load().<section>`."""
-    sections = set()
-    for node in ast.walk(ast.parse(script.read_text())):
-        if (
-            isinstance(node, ast.Attribute)
-            and isinstance(node.value, ast.Call)
-            and isinstance(node.value.func, ast.Attribute)
-            and node.value.func.attr == "load"
-        ):
-            sections.add(node.attr)
+    """The params sections a stage reads: `params.load().<section>`; a bare `params.load()`
+    (the check stage) reads them all."""
+    tree = ast.parse(script.read_text())
+    loads = {
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "load"
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == "params"
+    }
+    sections = {
+        node.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and node.value in loads
+    }
+    used = {node.value for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+    if loads - used:
+        sections |= set(yaml.safe_load((REPO / "params.yaml").read_text()))
     return sections
 
 
@@ -133,8 +143,21 @@ def test_the_bento_includes_exactly_the_modules_the_service_imports():
     assert sorted(bentofile["include"]) == sorted(imported)
 
 
-def test_the_stages_are_a_chain_from_generate_to_package():
+def test_the_stages_are_a_chain_from_check_to_package():
     outs = {name: {str(o) for o in stage.get("outs", [])} for name, stage in STAGES.items()}
-    assert list(STAGES) == ["generate", "process", "train", "evaluate", "package"]
+    assert list(STAGES) == ["check", "generate", "process", "train", "evaluate", "package"]
+    assert "${source}" in STAGES["generate"]["deps"] and "${raw}" in STAGES["process"]["deps"]
     assert "${raw}" in outs["generate"] and "${raw}" in STAGES["process"]["deps"]
     assert "${processed}" in STAGES["train"]["deps"] and "${model}" in STAGES["evaluate"]["deps"]
+
+
+def test_the_check_runs_first_every_time_and_keeps_its_output():
+    """Every stage is downstream of check, which DVC runs before any other stage removes its
+    outputs; a failed check leaves its own output too (persist), and it never reads the image
+    folder through DVC (no dep outside the project)."""
+    check = STAGES["check"]
+    assert check["always_changed"] is True
+    assert check["outs"] == [{"${source}": {"persist": True}}]
+    assert set(check["params"]) == set(yaml.safe_load((REPO / "params.yaml").read_text()))
+    every_dep = [dep for stage in STAGES.values() for dep in stage["deps"]]
+    assert not any("generate.folder" in dep for dep in every_dep)

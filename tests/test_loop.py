@@ -1,8 +1,10 @@
 import numpy as np
+import pytest
 import torch
 
 from cnnpipe.core import params
 from cnnpipe.core.dataset import Split
+from cnnpipe.core.errors import CnnpipeError
 from cnnpipe.model import registry
 from cnnpipe.train import loop
 
@@ -49,3 +51,10 @@ def test_bf16_and_channels_last_train_on_the_cpu():
     model, result = fit(train_params(epochs=1, mixed_precision="bf16", channels_last=True))
     assert result.history[0].train_loss > 0
     assert all(p.is_contiguous() for p in model.parameters())
+
+
+def test_a_diverging_fit_stops_at_the_first_non_finite_loss():
+    seen = []
+    with pytest.raises(CnnpipeError, match=r"loss became (nan|inf) in epoch 1: training diverged"):
+        fit(train_params(epochs=5, optimizer="sgd", learning_rate=1e12), seen.append)
+    assert seen == []  # the diverged epoch is not reported as a result

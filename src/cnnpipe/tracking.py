@@ -3,7 +3,9 @@
 The store defaults to `sqlite:///<project root>/mlflow.db`, the project root being DVC's own also
 inside a temporary experiment copy, so every run lands where `mlflow ui` in the root reads.
 `MLFLOW_TRACKING_URI` overrides it. Tracking never breaks a stage: the first failure prints one
-warning and the run goes quiet.
+warning and the run goes quiet. Each run is tagged with the process that owns it; a run left
+RUNNING by a process that is gone (killed with SIGKILL, a crash, a reboot) is marked KILLED by the
+next run started on that host.
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from cnnpipe.core.errors import CnnpipeError
+from cnnpipe.core.params import read_yaml
+from cnnpipe.core.processes import process_id, still_running, uninterrupted
 from cnnpipe.core.project import git_revision, project_root
 
 EXPERIMENT = "cnnpipe"
 MODEL_HASH_TAG = "cnnpipe.model_sha256"
 REGISTERED_MODEL = "cnnpipe"  # in MLflow's model registry: models:/cnnpipe/<version>
 CHAMPION = "champion"  # the alias a passing gate on main sets: models:/cnnpipe@champion
+PROCESS_TAG = "cnnpipe.process"  # the owner, as cnnpipe.core.processes.process_id() names it
 
 
 def tracking_uri() -> str:
@@ -48,9 +53,7 @@ def pipeline_params(path: Path = Path("params.yaml")) -> dict[str, Any]:
     Read as plain YAML: logging the other stages' params does not make them inputs of this one
     (DVC re-runs a stage only for its own section, so that is all a stage may compute from).
     """
-    import yaml
-
-    return flatten(yaml.safe_load(path.read_text()) or {})
+    return flatten(read_yaml(path) or {})
 
 
 def dvc_tags() -> dict[str, str]:
@@ -75,7 +78,10 @@ class Run:
         if self.failed:
             return None
         try:
-            return action()
+            # Not broken into by SIGTERM: an interrupted write keeps the store's lock until the
+            # stage has ended, and the stage's own cleanup (ending the run) would wait for it.
+            with uninterrupted():
+                return action()
         except Exception as exc:  # tracking is best-effort by design
             self.failed = True
             print(
@@ -107,7 +113,9 @@ class Run:
             experiment_id = (
                 experiment.experiment_id if experiment else client.create_experiment(EXPERIMENT)
             )
-            created = client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
+            close_abandoned(client, experiment_id)
+            owned = {**tags, PROCESS_TAG: process_id()}
+            created = client.create_run(experiment_id, run_name=run_name, tags=owned)
             run.run_id = created.info.run_id
             from mlflow.entities import Param
 
@@ -233,6 +241,25 @@ def promote(model_hash: str, alias: str = CHAMPION, name: str = REGISTERED_MODEL
         )
     client.set_registered_model_alias(name, alias, version)
     return version
+
+
+def close_abandoned(client, experiment_id: str) -> list[str]:
+    """Mark KILLED the runs of the experiment left RUNNING by a process that is gone; return
+    their ids. Runs owned by another host, or by no known process, are left alone."""
+    closed = []
+    for run in client.search_runs(
+        [experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000
+    ):
+        owner = run.data.tags.get(PROCESS_TAG)
+        if owner and still_running(owner) is False:
+            client.set_terminated(run.info.run_id, "KILLED")
+            closed.append(run.info.run_id)
+            print(
+                f"tracking: MLflow run {run.info.run_name} ({run.info.run_id[:8]}) was left "
+                "RUNNING by a process that is gone; marked KILLED",
+                flush=True,
+            )
+    return closed
 
 
 def _requirements() -> list[str]:

@@ -1,11 +1,15 @@
 """The typed schema of params.yaml: one section per stage, defaults in one place, validated once.
 
 A bad value stops a stage before any work, with one line naming the key, the value and what
-is allowed.
+is allowed. Values are strict: a number where a flag is expected (`augment: 1`), a flag where a
+number is (`epochs: true`), a fraction where a count is, or an infinite or NaN float are refused,
+not converted. The whole file is checked by every stage and, first of all, by the check stage
+(stages/check.py), before DVC removes any stage's outputs.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -20,10 +24,12 @@ SHAPES = tuple(OUTLINES)
 MODELS = tuple(ARCHITECTURES)
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+# What every random generator used takes (numpy's legacy seed is the narrowest).
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class GenerateParams(Section):
@@ -36,7 +42,7 @@ class GenerateParams(Section):
     )
     images_per_class: int = Field(default=500, ge=1)
     image_size: int = Field(default=64, ge=16, le=1024)
-    seed: int = 0
+    seed: Seed = 0
     min_scale: float = Field(default=0.5, gt=0.0, le=1.0)
     max_scale: float = Field(default=0.9, gt=0.0, le=1.0)
     max_rotation: float = Field(default=90.0, ge=0.0, le=180.0)  # degrees, each direction
@@ -64,7 +70,7 @@ class ProcessParams(Section):
     channels: Literal[1, 3] = 1
     val_ratio: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.15
     test_ratio: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.15
-    seed: int = 0
+    seed: Seed = 0
 
     @model_validator(mode="after")
     def _ratios(self) -> ProcessParams:
@@ -90,7 +96,7 @@ class TrainParams(Section):
     lr_schedule: Literal["none", "cosine", "step"] = "cosine"
     step_size: int = Field(default=5, ge=1)
     gamma: float = Field(default=0.1, gt=0.0, le=1.0)
-    seed: int = 0
+    seed: Seed = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # portable: the bits depend on params and data only (AVX2 kernels on x86-64, num_threads);
     # machine: the fastest kernels this CPU has, bits that depend on it (see core/kernels.py)
@@ -135,6 +141,23 @@ class Params(Section):
     evaluate: EvaluateParams = EvaluateParams()
     package: PackageParams = PackageParams()
 
+    @model_validator(mode="after")
+    def _image_size_fits_the_model(self) -> Params:
+        """Checked with the params, so the process stage refuses a size train would refuse."""
+        size, arch = self.process.image_size, ARCHITECTURES[self.train.model]
+        if arch.fixed_size is not None and size != arch.fixed_size:
+            raise ValueError(
+                f"process.image_size: {size} does not fit train.model {arch.name}, which takes "
+                f"exactly {arch.fixed_size} px; set process.image_size: {arch.fixed_size} or "
+                "choose another model"
+            )
+        if size < arch.min_size:
+            raise ValueError(
+                f"process.image_size: {size} is below {arch.min_size} px, the smallest input "
+                f"train.model {arch.name} takes; set process.image_size to {arch.min_size} or more"
+            )
+        return self
+
 
 class ParamsError(CnnpipeError):
     """params.yaml holds a value the schema does not allow."""
@@ -152,8 +175,29 @@ def _describe(error: dict) -> str:
     if kind == "literal_error":
         return f"{key}: {value!r} is not allowed; choose one of {ctx.get('expected', '')}"
     if kind == "value_error":
-        return f"{key or 'params'}: {error['msg'].removeprefix('Value error, ')}"
-    return f"{key}: {value!r} is invalid ({error['msg'].lower()})"
+        message = error["msg"].removeprefix("Value error, ")
+        return f"{key}: {message}" if key else message
+    hint = _HINTS.get(kind)
+    return f"{key}: {_shown(value)} is invalid ({error['msg'].lower()})" + (
+        f"; {hint}" if hint else ""
+    )
+
+
+_HINTS = {
+    "int_type": "write a whole number, such as 3",
+    "bool_type": "write true or false",
+    "float_type": "write a number, such as 0.5",
+    "finite_number": "write a finite number",
+    "string_type": "write text in quotes",
+    "list_type": "write a list, such as [a, b]",
+}
+
+
+def _shown(value: object) -> str:
+    """A value as it is written in params.yaml."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return repr(value)
 
 
 def _field_names(dotted: str) -> list[str]:
@@ -175,11 +219,37 @@ def parse(raw: dict | None) -> Params:
         raise ParamsError("params.yaml: " + "; ".join(lines)) from None
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """YAML as DVC reads and writes it (1.2, not PyYAML's 1.1): `1e-06` (what
+    `dvc exp run -S x=1e-6` writes) is a float, and only true and false are booleans (`yes`, `on`
+    are words to DVC, and so to the schema)."""
+
+
+_BOOL = "tag:yaml.org,2002:bool"
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    _BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def read_yaml(path: Path) -> object:
+    """A YAML file as DVC reads it (floats in exponent form included)."""
+    return yaml.load(path.read_text(), Loader=_Yaml12Loader)  # noqa: S506 (a SafeLoader)
+
+
 def load(path: Path | None = None) -> Params:
     """Read and validate params.yaml (the one in the current directory unless a path is given)."""
     path = path or Path("params.yaml")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = read_yaml(path)
     except FileNotFoundError:
         raise ParamsError(f"{path}: not found; run the stage from the project root") from None
     except yaml.YAMLError as exc:

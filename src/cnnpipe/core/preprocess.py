@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -79,7 +80,15 @@ def _decoded(
         raise ImageError(
             "not a readable image; send a PNG, JPEG, GIF, BMP, WebP or TIFF image"
         ) from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:  # PIL's own limit, met before the size is known
+        pixels = re.search(r"\d+", str(exc))
+        size = f"{pixels.group()} pixels" if pixels else "larger than PIL decodes"
+        raise ImageError(
+            f"the image is {size}, over the limit of {max_pixels}; send a smaller image"
+        ) from None
+    except (FileNotFoundError, PermissionError) as exc:
+        raise ImageError(f"the file cannot be read ({exc.strerror})") from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"the image cannot be decoded ({exc}); it may be truncated") from None
 
 

@@ -7,6 +7,7 @@ all processes, so every process picks the same best epoch.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import random
 import time
@@ -19,6 +20,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from cnnpipe.core.dataset import Split
+from cnnpipe.core.errors import CnnpipeError
 from cnnpipe.core.params import TrainParams
 from cnnpipe.model.inference import Placement, predict
 from cnnpipe.train.augment import augment
@@ -56,6 +58,18 @@ def make_deterministic(seed: int, num_threads: int) -> None:
     torch.backends.cudnn.benchmark = False
     if num_threads > 0:
         torch.set_num_threads(num_threads)
+
+
+def check_finite(m: EpochMetrics, params: TrainParams) -> None:
+    """Stop at the first non-finite loss: a diverged model never recovers, and no model whose
+    loss was not finite may be written (and then evaluated and packaged)."""
+    for name, value in (("training loss", m.train_loss), ("validation loss", m.val_loss)):
+        if not math.isfinite(value):
+            raise CnnpipeError(
+                f"train: the {name} became {value} in epoch {m.epoch}: training diverged and "
+                f"stopped, no model written; lower train.learning_rate "
+                f"({params.learning_rate:g} now)"
+            )
 
 
 def make_optimizer(model: nn.Module, params: TrainParams) -> torch.optim.Optimizer:
@@ -151,6 +165,7 @@ def fit(
             seconds=seconds,
             images_per_second=seen / seconds,
         )
+        check_finite(metrics, params)
         result.history.append(metrics)
         result.train_seconds += seconds
         if metrics.val_accuracy > result.best_val_accuracy:

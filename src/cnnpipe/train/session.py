@@ -67,6 +67,9 @@ def train(
             "best_val_accuracy": result.best_val_accuracy,
         }
         checkpoint.save(model_file, model, p.model, spec, extra)
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM, or the launcher died
+        run.end("KILLED")
+        raise
     except BaseException:
         run.end("FAILED")
         raise
