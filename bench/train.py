@@ -9,12 +9,19 @@ with the other one each round, because the machine is shared; the ratio printed 
 the per-round ratios (train stage / bare loop).
 
     python bench/train.py [--rounds 9] [--images-per-class 400] [--threads 0] [--models lenet5]
+
+With --determinism it measures instead what portable mode costs: the same loop.fit in two child
+processes per round, one started with the portable environment (AVX2 kernels), one with the
+machine's own kernels, both at the same thread count; the ratio is portable / machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cnnpipe.core import params
+from cnnpipe.core import kernels, params
 from cnnpipe.core.dataset import read_spec, read_split
 from cnnpipe.data import sources, split
 from cnnpipe.model import registry
@@ -41,9 +48,7 @@ def prepare(root: Path, images_per_class: int) -> dict[int, Path]:
     out = {}
     for size in sorted({size for _, size, _ in CASES}):
         out[size] = root / f"processed-{size}"
-        split.write_processed(
-            raw, out[size], params.parse({"process": {"image_size": size}}).process
-        )
+        split.write_processed(raw, out[size], params.ProcessParams(image_size=size))
     return out
 
 
@@ -91,20 +96,71 @@ def bare_loop(p: params.TrainParams, folder: Path) -> float:
     return p.epochs * len(y_train) / (time.perf_counter() - started)
 
 
+def in_child(determinism: str, p: params.TrainParams, folder: Path) -> tuple[str, float]:
+    """stage_loop's images per second in a fresh process whose torch loaded with the kernels
+    of `determinism` (they are chosen once per process, when torch loads)."""
+    env = {k: v for k, v in os.environ.items() if k not in kernels.PORTABLE_ISA["x86_64"][0]}
+    env.update(kernels.environment(determinism, p.num_threads))
+    child = [sys.executable, __file__, "--child", p.model_dump_json(), str(folder)]
+    done = subprocess.run(child, env=env, capture_output=True, text=True, check=True)
+    capability, rate = done.stdout.split()[-2:]
+    return capability, float(rate)
+
+
+def determinism_cost(args: argparse.Namespace, folders: dict[int, Path]) -> None:
+    """Portable against machine kernels, alternating, the ratio of the medians per round."""
+    threads = args.threads or kernels.DEFAULT_THREADS
+    print(f"threads {threads}, {args.rounds} rounds, kernels: portable vs this machine's")
+    print("model     px  epochs  portable img/s  machine img/s  ratio (median)")
+    for name, size, epochs in (case for case in CASES if case[0] in args.models):
+        p = params.parse({"train": {"model": name, "epochs": epochs, "num_threads": threads}})
+        rates: dict[str, list[float]] = {"portable": [], "machine": []}
+        ratios, seen = [], {}
+        for round_ in range(args.rounds):
+            order = ("portable", "machine") if round_ % 2 == 0 else ("machine", "portable")
+            got = {mode: in_child(mode, p.train, folders[size]) for mode in order}
+            for mode, (capability, rate) in got.items():
+                rates[mode].append(rate)
+                seen[mode] = capability
+            ratios.append(got["portable"][1] / got["machine"][1])
+        print(
+            f"{name:9} {size:3} {epochs:6}  {statistics.median(rates['portable']):14.0f}  "
+            f"{statistics.median(rates['machine']):13.0f}  {statistics.median(ratios):.3f} "
+            f"(per round: {', '.join(f'{r:.3f}' for r in ratios)}; kernels {seen['portable']} "
+            f"vs {seen['machine']})"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--images-per-class", type=int, default=400)
     parser.add_argument("--threads", type=int, default=0, help="0: torch's default")
     parser.add_argument("--models", nargs="+", default=[name for name, _, _ in CASES])
+    parser.add_argument("--determinism", action="store_true", help="portable vs machine kernels")
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        p = params.TrainParams.model_validate_json(args.child[0])
+        print(f"{torch.backends.cpu.get_cpu_capability()} {stage_loop(p, Path(args.child[1]))}")
+        return
     with tempfile.TemporaryDirectory() as tmp:
         folders = prepare(Path(tmp), args.images_per_class)
+        if args.determinism:
+            determinism_cost(args, folders)
+            return
         print(f"threads {args.threads or torch.get_num_threads()}, {args.rounds} rounds")
         print("model     px  epochs  train stage img/s  bare loop img/s  ratio (median)")
         for name, size, epochs in (case for case in CASES if case[0] in args.models):
             p = params.parse(
-                {"train": {"model": name, "epochs": epochs, "num_threads": args.threads}}
+                {
+                    "train": {
+                        "model": name,
+                        "epochs": epochs,
+                        "num_threads": args.threads,
+                        "determinism": "portable" if args.threads else "machine",
+                    }
+                }
             ).train
             stage, bare, ratios = [], [], []
             for round_ in range(args.rounds):

@@ -1,6 +1,13 @@
 """Stage 4: score the trained model on the test split: metrics, per-class scores, the confusion
 matrix and a grid of misclassified images, also added to the training's MLflow run."""
 
+import os
+
+from cnnpipe.core import kernels
+
+# Before anything imports torch: the bits of a prediction depend on its CPU kernels and threads.
+os.environ.update(kernels.inference_environment())
+
 from pathlib import Path
 
 from dvclive import Live

@@ -1,19 +1,21 @@
-"""Stage 1: write the raw labelled images from the source in params `generate`, and the data
-report (counts, skipped files, sizes; a grid of samples)."""
+"""Stage 1: write the raw labelled images from the source in params `generate` (a folder: the
+files the check stage listed), and the data report (counts, skipped files, the same image in
+several classes, sizes; a grid of samples)."""
 
 from pathlib import Path
 
 from cnnpipe.core import params, stage
 from cnnpipe.core.outputs import atomic_path, write_json
-from cnnpipe.data import report, sources
+from cnnpipe.data import folder, report, sources
 
 SHOW_SKIPPED = 20
 
 
-def main(raw: Path, report_file: Path, samples_file: Path) -> None:
+def main(source: Path, raw: Path, report_file: Path, samples_file: Path) -> None:
     p = params.load().generate
+    listing = folder.read_listing(source, p) if p.source == "folder" else None
     with atomic_path(raw) as tmp:
-        written = sources.write_raw(p, tmp)
+        written = sources.write_raw(p, tmp, listing)
         summary = report.summary(written, p)
         grid = report.sample_grid(tmp, written)
     write_json(report_file, summary)
@@ -26,6 +28,14 @@ def main(raw: Path, report_file: Path, samples_file: Path) -> None:
         listed = f" ({more} more not shown)" if more > 0 else ""
         stage.progress(
             f"generate: {len(written.skipped)} file(s) skipped{listed}, see {report_file}"
+        )
+    for group in summary["duplicates_across_classes"][:SHOW_SKIPPED]:
+        same = " = ".join(group["files"])
+        stage.progress(f"generate: the same image in {', '.join(group['classes'])}: {same}")
+    if duplicates := len(summary["duplicates_across_classes"]):
+        stage.progress(
+            f"generate: {duplicates} image(s) in more than one class (identical files), see "
+            f"{report_file}; keep each in its one right class"
         )
     stage.progress(
         f"generate: {summary['images']} images in {summary['classes']} classes -> {raw} "

@@ -6,6 +6,13 @@ torchrun (`torchrun --nproc_per_node N stages/train.py ...`, one node or many) i
 DistributedDataParallel and only rank 0 logs and writes.
 """
 
+import os
+
+from cnnpipe.core import kernels
+
+# Before anything imports torch: it picks its CPU kernels and thread pool as it loads.
+os.environ.update(kernels.training_environment())
+
 import sys
 from pathlib import Path
 
@@ -15,6 +22,7 @@ from cnnpipe.train import distributed, session
 
 def main(processed: Path, model_file: Path, live_dir: Path) -> None:
     p = params.load().train
+    kernels.verify(p.determinism)
     session.check(p)  # bad values stop it here, before any process starts
     if p.nproc > 1 and not distributed.launched_by_torchrun():
         stage.progress(f"train: starting {p.nproc} processes (torchrun --standalone)")

@@ -10,7 +10,9 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import typing as t
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -53,8 +55,9 @@ def tiny_params(**overrides: dict) -> dict:
 
 
 def stages_run(output: str) -> list[str]:
-    """The stages a `dvc repro` or `dvc exp run` output says it ran."""
-    return re.findall(r"Running stage '(\w+)'", output)
+    """The stages a `dvc repro` or `dvc exp run` output says it ran, but the check stage, which
+    runs every time."""
+    return [name for name in re.findall(r"Running stage '(\w+)'", output) if name != "check"]
 
 
 def encode(image: Image.Image, fmt: str = "PNG", **options) -> bytes:
@@ -70,35 +73,50 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class Server(t.NamedTuple):
+    url: str
+    process: subprocess.Popen
+    log: Path  # its stdout and stderr
+
+
+@contextmanager
+def server_process(cwd: Path, env: dict, *args: str, timeout: float = 90) -> Iterator[Server]:
+    """`bentoml serve [args]` on a free loopback port, until it answers /readyz. Its output goes
+    to a file (a pipe nobody reads would fill up and stall the server)."""
+    port = free_port()
+    command = [sys.executable, "-m", "bentoml", "serve", *args, "--port", str(port)]
+    with tempfile.NamedTemporaryFile("w+", prefix="bentoml-serve-", suffix=".log") as log:
+        server = subprocess.Popen(
+            [*command, "--host", "127.0.0.1"],
+            cwd=cwd,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                assert server.poll() is None, Path(log.name).read_text()
+                assert time.monotonic() < deadline, f"{command} was not ready in {timeout} s"
+                try:
+                    if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.1)
+            yield Server(url, server, Path(log.name))
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+
 @contextmanager
 def serving(cwd: Path, env: dict, *args: str, timeout: float = 90) -> Iterator[str]:
     """`bentoml serve [args]` on a free loopback port, until it answers /readyz; yields its URL."""
-    port = free_port()
-    command = [sys.executable, "-m", "bentoml", "serve", *args, "--port", str(port)]
-    server = subprocess.Popen(
-        [*command, "--host", "127.0.0.1"],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            assert server.poll() is None, server.communicate()[0]
-            assert time.monotonic() < deadline, f"{command} was not ready in {timeout} s"
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    with server_process(cwd, env, *args, timeout=timeout) as server:
+        yield server.url
 
 
 class Project:

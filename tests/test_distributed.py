@@ -3,12 +3,16 @@ through the params switch and through torchrun, on tiny params."""
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
+import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import Project, run_stage, tiny_params
+from conftest import Project, clone, run_stage, tiny_params
 
 from cnnpipe.core.dataset import read_split
 from cnnpipe.core.errors import CnnpipeError
@@ -45,9 +49,15 @@ def mlflow_runs(project: Project) -> int:
         return db.execute("select count(*) from runs").fetchone()[0]
 
 
+@pytest.fixture(scope="module")
+def ddp_project(reproduced: Project, tmp_path_factory) -> Project:
+    """One clone for the module's training runs: its MLflow store is created once."""
+    return clone(reproduced, tmp_path_factory.mktemp("distributed") / "repo")
+
+
 @pytest.mark.e2e
-def test_two_processes_by_params_and_by_torchrun(workspace: Project):
-    project = workspace
+def test_two_processes_by_params_and_by_torchrun(ddp_project: Project):
+    project = ddp_project
     project.write_params(tiny_params(train={"nproc": 2, "epochs": EPOCHS}))
     output = project.dvc("repro", "train").stdout
     assert "starting 2 processes" in output and "on 2 processes on cpu" in output
@@ -58,6 +68,7 @@ def test_two_processes_by_params_and_by_torchrun(workspace: Project):
     rows = (project.root / "metrics/train/plots/metrics/val_accuracy.tsv").read_text()
     assert len(rows.splitlines()) == 1 + EPOCHS  # one dvclive writer: no doubled rows
     assert mlflow_runs(project) == 1
+    by_params = data["state_dict"]
 
     # Started by torchrun directly, with the stage's own command line: a normal model.
     project.write_params(tiny_params(train={"epochs": EPOCHS}))
@@ -69,6 +80,8 @@ def test_two_processes_by_params_and_by_torchrun(workspace: Project):
     assert "on 2 processes on cpu" in result.stdout
     model, card, data = checkpoint.load(model_file)
     assert data["params"]["nproc"] == 1  # torchrun, not the params switch, started the processes
+    # The promise of a DDP run: the same process count gives the same weights, however started.
+    assert all(torch.equal(by_params[k], v) for k, v in data["state_dict"].items())
     assert card.best_epoch in range(1, EPOCHS + 1)
     test = read_split(project.root / "data/processed", "test")
     scored = metrics.evaluate(model, test, card, torch.device("cpu"), 64)
@@ -84,3 +97,66 @@ def test_a_batch_that_does_not_split_over_the_processes_stops_with_one_line(tmp_
     assert "train.batch_size 15" in result.stderr
     assert "multiple of the process count" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def children(pid: int) -> set[int]:
+    found = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found |= {int(c) for c in (task / "children").read_text().split()}
+    return found
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's zombie may wait a while for its reaper)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def contents(root: Path, *folders: str) -> dict[str, str]:
+    return {
+        str(path.relative_to(root)): hashlib.md5(path.read_bytes()).hexdigest()
+        for folder in folders
+        for path in sorted((root / folder).rglob("*"))
+        if path.is_file()
+    }
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(sys.platform != "linux", reason="parent-death signal and /proc are Linux's")
+def test_kill_9_of_the_launcher_leaves_no_worker_and_changes_no_output(ddp_project: Project):
+    """What the OOM killer does to `train.nproc: 2`: the launcher dies with SIGKILL while its
+    two DDP workers train. Both stop within 10 s (rank 0 cleanly: its MLflow run is closed as
+    KILLED, its temporary outputs removed) and no output changes."""
+    project = ddp_project
+    project.write_params(tiny_params(train={"nproc": 2, "epochs": 10_000}))
+    before = contents(project.root, "data", "models", "metrics")
+    git_status = project.run("git", "status", "--porcelain").stdout
+    launcher = subprocess.Popen(
+        [sys.executable, "stages/train.py", "data/processed", "models/model.pt", "metrics/train"],
+        cwd=project.root,
+        env=project.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        for line in launcher.stdout:
+            if "train: epoch 2/" in line:  # both workers are past their first epoch
+                break
+        workers = children(launcher.pid)
+        assert len(workers) == 2
+    finally:
+        launcher.kill()
+        launcher.wait()
+    started = time.monotonic()
+    while any(running(pid) for pid in workers):
+        assert time.monotonic() - started < 10, "a training process outlived the launcher by 10 s"
+        time.sleep(0.1)
+    assert contents(project.root, "data", "models", "metrics") == before
+    assert project.run("git", "status", "--porcelain").stdout == git_status
+    assert not list((project.root / ".dvc/tmp/cnnpipe").glob(".*.tmp-*"))
+    with sqlite3.connect(project.root / "mlflow.db") as db:
+        latest = db.execute("select status from runs order by start_time desc").fetchone()
+    assert latest == ("KILLED",)

@@ -64,27 +64,46 @@ def closure(script: Path) -> set[Path]:
     return seen
 
 
+# Functions allowed to import library code, each for a reason. The graph read below still sees
+# their imports (ast.walk enters functions), so what a stage or the bento needs stays complete.
+DEFERRED_IMPORTS = {
+    # only a torch worker loads torch: not the supervising process, not an ONNX worker
+    ("src/cnnpipe/serve/runtime.py", "__init__"),
+}
+
+
 def test_library_code_imports_cnnpipe_at_module_level_only():
-    """The import graph read below is complete only if no function imports library code."""
+    """Imports at module level make the import graph a reader sees the one that runs."""
     for path in [*SRC.rglob("*.py"), *(REPO / "stages").glob("*.py")]:
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                 inner = imported_modules(ast.Module(body=node.body, type_ignores=[]))
-                assert not inner, f"{path.relative_to(REPO)}: {node.name} imports {inner}"
+                where = (path.relative_to(REPO).as_posix(), node.name)
+                assert not inner or where in DEFERRED_IMPORTS, f"{where} imports {inner}"
 
 
 def sections_read(script: Path) -> set[str]:
-    """The params sections a stage reads: `params.load().<section>`."""
-    sections = set()
-    for node in ast.walk(ast.parse(script.read_text())):
-        if (
-            isinstance(node, ast.Attribute)
-            and isinstance(node.value, ast.Call)
-            and isinstance(node.value.func, ast.Attribute)
-            and node.value.func.attr == "load"
-        ):
-            sections.add(node.attr)
+    """The params sections a stage reads: `params.load().<section>`; a bare `params.load()`
+    (the check stage) reads them all."""
+    tree = ast.parse(script.read_text())
+    loads = {
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "load"
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == "params"
+    }
+    sections = {
+        node.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and node.value in loads
+    }
+    used = {node.value for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+    if loads - used:
+        sections |= set(yaml.safe_load((REPO / "params.yaml").read_text()))
     return sections
 
 
@@ -124,8 +143,21 @@ def test_the_bento_includes_exactly_the_modules_the_service_imports():
     assert sorted(bentofile["include"]) == sorted(imported)
 
 
-def test_the_stages_are_a_chain_from_generate_to_package():
+def test_the_stages_are_a_chain_from_check_to_package():
     outs = {name: {str(o) for o in stage.get("outs", [])} for name, stage in STAGES.items()}
-    assert list(STAGES) == ["generate", "process", "train", "evaluate", "package"]
+    assert list(STAGES) == ["check", "generate", "process", "train", "evaluate", "package"]
+    assert "${source}" in STAGES["generate"]["deps"] and "${raw}" in STAGES["process"]["deps"]
     assert "${raw}" in outs["generate"] and "${raw}" in STAGES["process"]["deps"]
     assert "${processed}" in STAGES["train"]["deps"] and "${model}" in STAGES["evaluate"]["deps"]
+
+
+def test_the_check_runs_first_every_time_and_keeps_its_output():
+    """Every stage is downstream of check, which DVC runs before any other stage removes its
+    outputs; a failed check leaves its own output too (persist), and it never reads the image
+    folder through DVC (no dep outside the project)."""
+    check = STAGES["check"]
+    assert check["always_changed"] is True
+    assert check["outs"] == [{"${source}": {"persist": True}}]
+    assert set(check["params"]) == set(yaml.safe_load((REPO / "params.yaml").read_text()))
+    every_dep = [dep for stage in STAGES.values() for dep in stage["deps"]]
+    assert not any("generate.folder" in dep for dep in every_dep)

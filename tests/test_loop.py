@@ -4,6 +4,7 @@ import torch
 
 from cnnpipe.core import params
 from cnnpipe.core.dataset import Split
+from cnnpipe.core.errors import CnnpipeError
 from cnnpipe.model import registry
 from cnnpipe.train import loop
 
@@ -103,3 +104,10 @@ def test_frozen_epochs_train_only_the_head():
         changed = not torch.equal(value, after[name])
         assert changed == name.startswith(head), name
     assert all(p.requires_grad for p in trained.parameters())  # unfrozen for later use
+
+
+def test_a_diverging_fit_stops_at_the_first_non_finite_loss():
+    seen = []
+    with pytest.raises(CnnpipeError, match=r"loss became (nan|inf) in epoch 1: training diverged"):
+        fit(train_params(epochs=5, optimizer="sgd", learning_rate=1e12), seen.append)
+    assert seen == []  # the diverged epoch is not reported as a result

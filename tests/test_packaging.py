@@ -4,6 +4,7 @@ archive served from an empty store."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import tarfile
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from conftest import Project, serving, stages_run, tiny_params
 
 from cnnpipe.model import checkpoint
@@ -45,6 +47,7 @@ def test_the_bento_bundles_the_workspace_model_and_serves_from_an_empty_store(
         names = bento.getnames()
     bundled = {Path(n).parts[-2] for n in names if n.endswith("model.pt")}
     assert bundled == {version}
+    assert {Path(n).parts[-2] for n in names if n.endswith("model.onnx")} == {version}
     assert not any("stages/" in n or "/data/" in n or n.endswith("tracking.py") for n in names)
 
     empty = {**workspace.env, "BENTOML_HOME": str(tmp_path / "empty-store")}
@@ -62,9 +65,35 @@ def test_the_bento_bundles_the_workspace_model_and_serves_from_an_empty_store(
         with open(image, "rb") as f:
             reply = httpx.post(f"{url}/predict", files={"file": f}, timeout=30)
     assert metadata["model"] == f"cnnpipe:{version}"
+    assert metadata["runtime"] == "onnx" and metadata["onnx_max_difference"] <= 1e-5
     assert metadata["sha256"] == checkpoint.file_hash(model_file)
     assert reply.status_code == 200 and set(reply.json()["probabilities"]) == {
         "circle",
         "square",
         "triangle",
     }
+
+
+CHECK_WITH_NO_TOLERANCE = """
+import sys
+sys.path.insert(0, "stages")
+import package
+from cnnpipe.core import stage
+package.MAX_ONNX_DIFFERENCE = -1.0  # any difference, even none, is too much
+stage.run(package.main)
+"""
+
+
+def test_an_export_that_differs_from_torch_fails_the_stage_with_the_figure(workspace: Project):
+    before = (workspace.root / "models/bento/tags.json").read_bytes()
+    stages = yaml.safe_load((workspace.root / "dvc.yaml").read_text())["stages"]
+    paths = stages["package"]["cmd"].split()[2:]
+    paths = [
+        p.replace("${model}", "models/model.pt").replace("${processed}", "data/processed")
+        for p in paths
+    ]
+    result = workspace.run("python", "-c", CHECK_WITH_NO_TOLERANCE, *paths, check=False)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert re.search(r"differ from torch's by up to [0-9.e-]+ on the \d+ test images", line), line
+    assert (workspace.root / "models/bento/tags.json").read_bytes() == before

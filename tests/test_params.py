@@ -27,6 +27,22 @@ def test_defaults_fill_missing_sections():
         ({"process": {"val_ratio": 0.6, "test_ratio": 0.5}}, ["process", "val_ratio + test_ratio"]),
         ({"trian": {}}, ["unknown key 'trian'", "train"]),
         ({"generate": {"min_scale": 0.9, "max_scale": 0.5}}, ["min_scale", "max_scale"]),
+        ({"process": {"seed": -1}}, ["process.seed: -1", "greater than or equal to 0"]),
+        ({"generate": {"seed": -1}}, ["generate.seed: -1", "greater than or equal to 0"]),
+        ({"train": {"seed": 1e20}}, ["train.seed: 1e+20", "a whole number"]),
+        ({"train": {"seed": 2**32}}, ["train.seed: 4294967296", "less than or equal to"]),
+        ({"train": {"learning_rate": float("inf")}}, ["train.learning_rate: inf", "finite"]),
+        ({"train": {"learning_rate": float("nan")}}, ["train.learning_rate: nan", "finite"]),
+        ({"train": {"epochs": True}}, ["train.epochs: true", "a whole number"]),
+        ({"train": {"epochs": 2.5}}, ["train.epochs: 2.5", "a whole number"]),
+        ({"train": {"augment": "yes"}}, ["train.augment: 'yes'", "true or false"]),
+        ({"train": {"flip": 1}}, ["train.flip: 1", "true or false"]),
+        ({"process": {"image_size": 31}}, ["process.image_size: 31", "lenet5", "exactly 32"]),
+        ({"process": {"image_size": 64}}, ["process.image_size: 64", "lenet5", "exactly 32"]),
+        (
+            {"process": {"image_size": 8}, "train": {"model": "resnet18"}},
+            ["process.image_size: 8 is below 32 px", "resnet18", "32 or more"],
+        ),
     ],
 )
 def test_bad_values_name_the_key_the_value_and_the_choices(raw, expected):
@@ -36,6 +52,27 @@ def test_bad_values_name_the_key_the_value_and_the_choices(raw, expected):
     assert "\n" not in message
     for part in expected:
         assert part in message, message
+
+
+def test_a_model_that_takes_the_size_passes():
+    parsed = params.parse({"process": {"image_size": 64}, "train": {"model": "resnet18"}})
+    assert parsed.process.image_size == 64
+
+
+def test_floats_are_read_as_dvc_writes_them(tmp_path):
+    """`dvc exp run -S train.learning_rate=1e-6` writes `1e-06`, a string to YAML 1.1."""
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  learning_rate: 1e-06\n  max_rotation: 2E+1\n  epochs: 3\n")
+    loaded = params.load(path).train
+    assert loaded.learning_rate == 1e-06 and loaded.max_rotation == 20.0 and loaded.epochs == 3
+    path.write_text("train:\n  augment: yes\n")  # `-S train.augment=yes`: the word, to DVC
+    with pytest.raises(ParamsError, match="train.augment: 'yes' is invalid"):
+        params.load(path)
+    path.write_text("train:\n  augment: true\n  flip: False\n")
+    assert params.load(path).train.augment is True
+    path.write_text("train:\n  learning_rate: .inf\n")
+    with pytest.raises(ParamsError, match="train.learning_rate: inf is invalid"):
+        params.load(path)
 
 
 def test_load_reports_invalid_yaml(tmp_path):

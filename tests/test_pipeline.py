@@ -20,7 +20,11 @@ pytestmark = pytest.mark.e2e
 
 def test_repro_runs_every_stage_and_writes_every_output(reproduced: Project):
     assert stages_run(reproduced.repro_output) == STAGES
+    assert reproduced.repro_output.index("Running stage 'check'") == reproduced.repro_output.index(
+        "Running stage"
+    )  # the check runs first
     root = reproduced.root
+    assert json.loads((root / "data/source.json").read_text()) == {"source": "shapes"}
     assert (root / "data/raw/labels.csv").exists()
     for split in dataset.SPLITS:
         assert (root / f"data/processed/{split}_images.npy").exists()
@@ -48,9 +52,11 @@ def test_repro_runs_every_stage_and_writes_every_output(reproduced: Project):
     assert (root / "mlflow.db").exists()
 
 
-def test_second_repro_runs_nothing(reproduced: Project):
-    assert stages_run(reproduced.dvc("repro").stdout) == []
-    assert "up to date" in reproduced.dvc("status").stdout
+def test_second_repro_runs_nothing_but_the_check(reproduced: Project):
+    output = reproduced.dvc("repro").stdout
+    assert stages_run(output) == [] and "Running stage 'check'" in output
+    status = json.loads(reproduced.dvc("status", "--json").stdout)
+    assert status == {"check": ["always changed"]}  # and nothing else to run
     assert reproduced.run("git", "status", "--porcelain").stdout == ""
 
 

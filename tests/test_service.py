@@ -1,113 +1,59 @@
-"""The BentoML service, in-process (the class and its ASGI app) and as a real `bentoml serve`.
+"""The BentoML service in-process (the class and its ASGI app): predictions, the model input,
+runtimes, bad uploads, the OpenAPI document.
 
-A LeNet-5 trained for a few seconds on clean tiny shapes is stored in the session's throwaway
-model store; the serving limits are set (as environment variables, which the service reads when
-it is imported) by the `service` fixture, before the service is imported.
+A LeNet-5 trained for a few seconds on clean tiny shapes is stored, with its checked ONNX export,
+in the session's throwaway model store. The settings are environment variables the service reads
+when it is imported: the `service` fixture imports it afresh with this module's settings.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+import logging
 
-import httpx
 import numpy as np
 import pytest
-import torch
-from conftest import REPO, TINY, encode, free_port, serving
+from conftest import encode
 from PIL import Image
+from service_fixtures import (
+    MAX_PIXELS,
+    MAX_UPLOAD,
+    TEST_METRICS,
+    imported_service,
+    one_per_class,
+    stored_model,
+    truncated,
+)
 from starlette.testclient import TestClient
 
 from cnnpipe.core import preprocess
-from cnnpipe.core.dataset import read_split
 from cnnpipe.core.errors import CnnpipeError
-from cnnpipe.core.params import GenerateParams, ProcessParams
-from cnnpipe.data import sources, split
-from cnnpipe.model import checkpoint, registry
-from cnnpipe.model.inference import probabilities
-from cnnpipe.serve import packaging
-
-MAX_UPLOAD = 2_000_000
-MAX_PIXELS = 1_000_000
-TEST_METRICS = {"test_accuracy": 1.0}
-
-
-def train_tiny(images: np.ndarray, labels: np.ndarray, spec) -> torch.nn.Module:
-    """LeNet-5 fitted to the clean shapes in a few seconds."""
-    torch.manual_seed(0)
-    torch.set_num_threads(1)
-    model = registry.build("lenet5", spec.channels, len(spec.classes), spec.image_size)
-    x = preprocess.normalize(torch.from_numpy(np.asarray(images)), spec.mean, spec.std)
-    y = torch.from_numpy(labels)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.005)
-    for _ in range(40):
-        for i in torch.randperm(len(x)).split(16):
-            optimizer.zero_grad()
-            torch.nn.functional.cross_entropy(model(x[i]), y[i]).backward()
-            optimizer.step()
-    return model.eval()
-
-
-@pytest.fixture(scope="module")
-def stored(tmp_path_factory) -> dict:
-    """Raw images, processed splits, a trained model in the store, and the test images."""
-    base = tmp_path_factory.mktemp("service")
-    raw, processed = base / "raw", base / "processed"
-    sources.write_raw(GenerateParams(**{**TINY["generate"], "images_per_class": 60}), raw)
-    spec, _ = split.write_processed(raw, processed, ProcessParams(**TINY["process"]))
-    train = read_split(processed, "train", mmap=False)
-    model = train_tiny(train.images, train.labels, spec)
-    checkpoint.save(base / "model.pt", model, "lenet5", spec, {"best_epoch": 1})
-    card = checkpoint.card_of(checkpoint.read(base / "model.pt")).model_copy(
-        update={
-            "sha256": checkpoint.file_hash(base / "model.pt"),
-            "test_metrics": TEST_METRICS,
-            "git_revision": "abc123",
-        }
-    )
-    tag = packaging.store_model("test0000", base / "model.pt", card)
-    test = read_split(processed, "test", mmap=False)
-    predicted = probabilities(model, spec, test.images).argmax(1)
-    return {"raw": raw, "tag": tag, "info": spec, "test": test, "predicted": predicted}
-
+from cnnpipe.serve import runtime
+from cnnpipe.serve.decoding import Image as Upload
 
 SETTINGS_ENV = {
     "CNNPIPE_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
     "CNNPIPE_MAX_PIXELS": str(MAX_PIXELS),
     "CNNPIPE_THREADS": "1",
+    "CNNPIPE_WORKERS": "1",
+    "CNNPIPE_MAX_IMAGES": "5",
 }
 
 
 @pytest.fixture(scope="module")
-def service(stored):
-    """The service module, imported with this module's settings and the stored model."""
-    assert "cnnpipe.serve.service" not in sys.modules, "imported before its settings were set"
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in {**SETTINGS_ENV, "CNNPIPE_MODEL": stored["tag"]}.items():
-            patch.setenv(name, value)
-        from cnnpipe.serve import service
+def stored(tmp_path_factory) -> dict:
+    return stored_model(tmp_path_factory.mktemp("service"))
 
-        yield service
+
+@pytest.fixture(scope="module")
+def service(stored):
+    with imported_service({**SETTINGS_ENV, "CNNPIPE_MODEL": stored["tag"]}) as module:
+        yield module
 
 
 @pytest.fixture(scope="module")
 def client(service):
     with TestClient(service.Classifier.to_asgi(), raise_server_exceptions=False) as c:
         yield c
-
-
-def one_per_class(stored) -> list[tuple[Path, str]]:
-    """For each class, the first test image the model gets right in-process."""
-    test, classes = stored["test"], stored["info"].classes
-    firsts = {}
-    for file, label, predicted in zip(test.files, test.labels, stored["predicted"], strict=True):
-        if label == predicted:
-            firsts.setdefault(classes[label], stored["raw"] / file)
-    assert list(firsts) == classes, "the tiny model gets no test image of some class right"
-    return [(path, name) for name, path in firsts.items()]
 
 
 def post(client, data: bytes, name: str = "x.png", ctype: str | None = "image/png", **form):
@@ -122,27 +68,37 @@ def post(client, data: bytes, name: str = "x.png", ctype: str | None = "image/pn
     return client.post("/predict", files={"file": (name, data, ctype)}, data=form)
 
 
-# ---- in-process: the class
+# ---- the class and its runtimes
 
 
 def test_the_class_predicts_each_class_of_generated_images(service, stored):
     classifier = service.Classifier()
+    assert classifier.runtime.name == "onnx"  # the export is there: auto picks it
     for path, label in one_per_class(stored):
-        pixels = preprocess.load(path, 32, 1)
-        (result,) = classifier.predict([service.Image(pixels, None)])
+        (result,) = classifier.predict([Upload(preprocess.load(path, 32, 1), None)])
         assert result.label == label
         assert sum(result.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
 
 
-def test_settings_come_from_env_and_bad_values_name_the_variable(service):
-    settings_from_env = service.settings_from_env
-    assert settings_from_env({"CNNPIPE_MAX_BATCH_SIZE": "8"}).max_batch_size == 8
-    assert settings_from_env({"CNNPIPE_WORKERS": "2"}).workers == 2
-    with pytest.raises(CnnpipeError, match="CNNPIPE_MAX_BATCH_SIZE='lots'"):
-        settings_from_env({"CNNPIPE_MAX_BATCH_SIZE": "lots"})
+def test_onnx_and_torch_give_the_same_answers(stored):
+    """Same preprocessing (the uint8 batch), same probabilities to float rounding."""
+    onnx = runtime.load(stored["dir"], "onnx", threads=1)
+    torch = runtime.load(stored["dir"], "torch", threads=1)
+    assert (onnx.name, torch.name) == ("onnx", "torch")
+    images = stored["test"].images
+    a, b = onnx.probabilities(images), torch.probabilities(images)
+    assert np.abs(a - b).max() <= 1e-5
+    assert (a.argmax(1) == stored["predicted"]).all() and (b.argmax(1) == stored["predicted"]).all()
 
 
-# ---- in-process: the ASGI app
+def test_without_the_export_torch_runs_and_onnx_cannot_be_forced(stored, tmp_path):
+    (tmp_path / "model.pt").write_bytes((stored["dir"] / "model.pt").read_bytes())
+    assert runtime.load(tmp_path, "auto", threads=1).name == "torch"
+    with pytest.raises(CnnpipeError, match="CNNPIPE_RUNTIME=onnx .* no model.onnx"):
+        runtime.load(tmp_path, "onnx", threads=1)
+
+
+# ---- the ASGI app
 
 
 def test_predict_returns_label_confidence_and_every_class(client, stored):
@@ -155,29 +111,37 @@ def test_predict_returns_label_confidence_and_every_class(client, stored):
         assert set(body["probabilities"]) == set(stored["info"].classes)
 
 
-def test_top_k_returns_the_k_most_probable(client, stored):
+def test_top_k_as_a_form_field_or_a_query_parameter(client, stored):
     path, label = one_per_class(stored)[0]
-    body = post(client, path.read_bytes(), top_k="2").json()
-    assert len(body["probabilities"]) == 2 and next(iter(body["probabilities"])) == label
+    for reply in [
+        post(client, path.read_bytes(), top_k="2"),
+        client.post("/predict?top_k=2", files={"file": ("x.png", path.read_bytes())}),
+        client.post(
+            "/predict?top_k=9", files={"file": ("x.png", path.read_bytes())}, data={"top_k": "2"}
+        ),
+    ]:
+        body = reply.json()
+        assert len(body["probabilities"]) == 2 and next(iter(body["probabilities"])) == label
+    blank = post(client, path.read_bytes(), top_k="")  # a browser's blank field: every class
+    assert len(blank.json()["probabilities"]) == len(stored["info"].classes)
 
 
-def test_the_model_input_equals_what_evaluate_feeds(client, stored):
-    """For the same file, the tensor the service gives the model is evaluate's tensor."""
+def test_the_model_input_is_what_the_process_stage_made(client, service, stored):
+    """For the same file, the uint8 batch the runtime gets equals the test split's arrays (the
+    normalisation is the runtime's: preprocess.normalize, traced into the ONNX graph)."""
     import bentoml
 
-    service = bentoml.get_current_service()
-    seen: list[torch.Tensor] = []
-    hook = service.model.register_forward_pre_hook(lambda _m, args: seen.append(args[0].clone()))
+    runtime_ = bentoml.get_current_service().runtime
+    seen: list[np.ndarray] = []
+    original = runtime_.probabilities
+    runtime_.probabilities = lambda batch: seen.append(batch.copy()) or original(batch)
     try:
-        test, info = stored["test"], stored["info"]
+        test = stored["test"]
         for i in (0, len(test.files) - 1):
             assert post(client, (stored["raw"] / test.files[i]).read_bytes()).status_code == 200
-            expected = preprocess.normalize(
-                torch.from_numpy(test.images[i : i + 1]), info.mean, info.std
-            )
-            assert torch.equal(seen[-1], expected)
+            assert np.array_equal(seen[-1], test.images[i : i + 1])
     finally:
-        hook.remove()
+        runtime_.probabilities = original
 
 
 def test_predict_batch_answers_each_image_in_order(client, stored):
@@ -188,30 +152,33 @@ def test_predict_batch_answers_each_image_in_order(client, stored):
     assert [r["label"] for r in reply.json()] == [label for _, label in reversed(pairs)]
 
 
-def test_metadata_names_the_model_and_what_the_package_stage_recorded(client, stored):
+def test_metadata_names_the_model_its_runtime_and_the_export_check(client, stored):
     body = client.get("/metadata").json()
-    assert body["model"] == stored["tag"]
-    assert body["architecture"] == "lenet5"
-    assert body["classes"] == stored["info"].classes
+    assert body["model"] == stored["tag"] and body["runtime"] == "onnx"
+    assert 0 <= body["onnx_max_difference"] <= 1e-5
+    assert body["architecture"] == "lenet5" and body["classes"] == stored["info"].classes
     assert (body["image_size"], body["channels"]) == (32, 1)
     assert body["test_metrics"] == TEST_METRICS and body["git_revision"] == "abc123"
 
 
-def test_health_and_openapi_with_a_file_upload(client):
-    assert client.get("/healthz").status_code == 200
-    assert client.get("/readyz").status_code == 200
+def test_the_openapi_document_states_every_response_and_bound(client):
     spec = client.get("/docs.json").json()
-    body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]
-    assert "multipart/form-data" in body
-    schema = spec["components"]["schemas"]["PredictInput"]
-    assert schema["properties"]["file"]["format"] == "binary"
-    assert "/predict_batch" in spec["paths"]
+    schemas = spec["components"]["schemas"]
+    for route, many in (("/predict", False), ("/predict_batch", True)):
+        operation = spec["paths"][route]["post"]
+        assert set(operation["responses"]) == {"200", "400", "413", "429", "503", "504"}
+        bad = operation["responses"]["400"]["content"]["application/json"]["schema"]
+        detail = schemas[bad["$ref"].rsplit("/", 1)[1]]["properties"]["detail"]
+        assert detail["type"] == "array"  # what is sent: a list of {loc, msg}
+        content = operation["requestBody"]["content"]
+        form = content["multipart/form-data"]["schema"]["properties"]
+        assert form["top_k"]["anyOf"][0]["minimum"] == 1
+        if many:
+            assert (form["files"]["minItems"], form["files"]["maxItems"]) == (1, 5)
+        else:
+            assert form["file"]["format"] == "binary" and "image/*" in content
+    assert "/metadata" in spec["paths"]
     assert "swagger" in client.get("/").text.lower()
-
-
-def truncated(fmt: str) -> bytes:
-    data = encode(Image.new("RGB", (64, 64), (200, 10, 10)).effect_spread(8), fmt)
-    return data[: len(data) // 2]
 
 
 def bomb() -> bytes:
@@ -220,22 +187,34 @@ def bomb() -> bytes:
 
 BAD = {
     "non-image bytes": (dict(data=b"hello, not an image"), "not a readable image"),
+    "text typed as text": (dict(data=b"x", ctype="text/plain"), "not a readable image"),
     "empty file": (dict(data=b""), "empty"),
     "truncated PNG": (dict(data=truncated("PNG")), "truncated"),
     "truncated JPEG": (dict(data=truncated("JPEG"), ctype="image/jpeg"), "truncated"),
-    "wrong content type": (dict(data=b"x", ctype="text/plain"), "typed text/plain"),
-    "missing content type": (dict(data=b"x", ctype=None), "no Content-Type"),
     "over the pixel limit": (dict(data=bomb()), "over the limit"),
 }
 
 
 @pytest.mark.parametrize("case", BAD)
-def test_bad_images_get_400_with_a_message(client, stored, case):
+def test_bad_images_get_400_with_a_message(client, case):
     kwargs, message = BAD[case]
     reply = post(client, **kwargs)
     assert reply.status_code == 400, reply.text
     (detail,) = reply.json()["detail"]
     assert detail["loc"] == ["file"] and message in detail["msg"], detail
+
+
+def test_an_image_is_judged_by_its_bytes_not_its_declared_type(client, stored):
+    path, label = one_per_class(stored)[0]
+    data = path.read_bytes()
+    for reply in [
+        post(client, data, ctype=None),  # an untyped part
+        post(client, data, ctype="text/plain"),
+        client.post("/predict", content=data, headers={"content-type": "image/png"}),
+        client.post("/predict", content=data, headers={"content-type": "application/octet-stream"}),
+    ]:
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["label"] == label
 
 
 def test_missing_text_unknown_and_bad_fields_get_400(client):
@@ -245,12 +224,26 @@ def test_missing_text_unknown_and_bad_fields_get_400(client):
 
     missing = client.post("/predict", files={"image": ("x.png", b"x", "image/png")})
     assert "no image" in error(missing) and "unknown field" in error(missing)
-    text = client.post("/predict", files={"file": (None, "hello")})
-    assert "not a file" in error(text)
+    assert "not a readable image" in error(client.post("/predict", files={"file": (None, "hi")}))
     assert "at least 1" in error(post(client, b"x", top_k="0"))
-    assert "multipart/form-data" in error(client.post("/predict", json={"file": "x"}))
+    assert "at least 1" in error(client.post("/predict?top_k=x", files={"file": ("x", b"x")}))
+    assert "multipart" in error(client.post("/predict", json={"file": "x"}))
+    assert "multipart" in error(
+        client.post("/predict_batch", content=b"x", headers={"content-type": "image/png"})
+    )
     two = client.post("/predict", files=[("file", ("a.png", b"x", "image/png"))] * 2)
     assert "/predict_batch" in error(two)
+    six = client.post("/predict_batch", files=[("files", ("a.png", b"x", "image/png"))] * 6)
+    assert "at most 5 files" in error(six)
+
+
+def test_client_errors_are_logged_as_one_warning_line(client, caplog):
+    with caplog.at_level(logging.INFO):
+        assert post(client, b"not an image").status_code == 400
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    (line,) = [r for r in caplog.records if r.name == "cnnpipe.serve"]
+    assert not errors and line.levelno == logging.WARNING and line.exc_info is None
+    assert "400 POST /predict" in line.getMessage() and "not a readable image" in line.getMessage()
 
 
 def test_a_body_over_the_limit_gets_413(client):
@@ -267,7 +260,7 @@ def test_a_body_over_the_limit_gets_413(client):
     assert streamed.status_code == 413
 
 
-def unusual(path: Path) -> dict[str, tuple[bytes, str]]:
+def unusual(path) -> dict[str, tuple[bytes, str]]:
     """The same picture in unusual but valid forms."""
     grey = Image.open(path).convert("L")
     rotated = grey.rotate(90, expand=True)  # stored turned; EXIF orientation 8 turns it back
@@ -300,88 +293,3 @@ def test_unusual_but_valid_images_are_read_as_the_same_picture(client, stored):
         assert reply.json()["label"] == label, name
     for size in [(1, 1), (3000, 7)]:
         assert post(client, encode(Image.new("RGB", size))).status_code == 200
-
-
-# ---- a real server
-
-
-@pytest.fixture(scope="module")
-def server(stored):
-    env = {**os.environ, **SETTINGS_ENV, "CNNPIPE_MODEL": stored["tag"]}
-    env["PYTHONPATH"] = str(REPO / "src")
-    with serving(REPO, env) as url:
-        yield url
-
-
-@pytest.mark.e2e
-def test_server_predicts_each_class_and_serves_metadata_and_metrics(server, stored):
-    for path, label in one_per_class(stored):
-        with open(path, "rb") as f:
-            reply = httpx.post(f"{server}/predict", files={"file": f}, timeout=30)
-        assert reply.status_code == 200, reply.text
-        assert reply.json()["label"] == label
-    assert httpx.get(f"{server}/metadata").json()["model"] == stored["tag"]
-    metrics = httpx.get(f"{server}/metrics").text
-    assert 'endpoint="/predict"' in metrics
-
-
-@pytest.mark.e2e
-def test_server_bad_batch_fails_alone_among_concurrent_batches(server, stored):
-    """Concurrent /predict_batch requests are grouped; the one with a bad image gets 400, the
-    others their results, and the server keeps answering."""
-    pairs = one_per_class(stored)
-    good = [("files", (p.name, p.read_bytes(), "image/png")) for p, _ in pairs]
-    bad = [*good[:1], ("files", ("bad.png", truncated("PNG"), "image/png")), *good[1:]]
-    requests = [bad if i == 5 else good for i in range(12)]
-    with ThreadPoolExecutor(12) as pool:
-        replies = list(
-            pool.map(
-                lambda files: httpx.post(f"{server}/predict_batch", files=files, timeout=30),
-                requests,
-            )
-        )
-    for i, reply in enumerate(replies):
-        if i == 5:
-            assert reply.status_code == 400
-            assert reply.json()["detail"][0]["loc"] == ["files", 1]
-        else:
-            assert reply.status_code == 200, reply.text
-            assert [r["label"] for r in reply.json()] == [label for _, label in pairs]
-    for data, ctype in [
-        (b"", "image/png"),
-        (truncated("JPEG"), "image/jpeg"),
-        (bomb(), "image/png"),
-    ]:
-        reply = httpx.post(f"{server}/predict", files={"file": ("x", data, ctype)}, timeout=30)
-        assert reply.status_code == 400
-    too_big = httpx.post(f"{server}/predict", files={"file": ("x", b"\0" * (MAX_UPLOAD + 1))})
-    assert too_big.status_code == 413
-    assert httpx.get(f"{server}/readyz").status_code == 200
-
-
-@pytest.mark.e2e
-def test_serve_without_the_model_fails_with_one_line(tmp_path):
-    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "empty"), "PYTHONPATH": str(REPO / "src")}
-    result = subprocess.run(
-        [sys.executable, "-m", "bentoml", "serve", "--port", str(free_port())],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode != 0
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "dvc repro" in lines[0] and "bentoml import" in lines[0]
-
-
-def test_in_the_project_root_the_workspace_model_is_served(service, tmp_path, monkeypatch):
-    settings_from_env = service.settings_from_env
-    monkeypatch.chdir(tmp_path)
-    assert settings_from_env({}).model == "cnnpipe:latest"
-    tags = tmp_path / "models/bento/tags.json"
-    tags.parent.mkdir(parents=True)
-    tags.write_text('{"model": "cnnpipe:0123456789abcdef", "bento": null}')
-    assert settings_from_env({}).model == "cnnpipe:0123456789abcdef"
-    assert settings_from_env({"CNNPIPE_MODEL": "cnnpipe:other"}).model == "cnnpipe:other"

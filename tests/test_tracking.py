@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from collections.abc import Iterator
+
 import mlflow
 import pytest
 
 from cnnpipe import tracking
+from cnnpipe.core import processes
 from cnnpipe.tracking import Run
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch) -> str:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    return uri
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Iterator[str]:
+    """One store for the module: creating its tables takes seconds."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        yield uri
 
 
 def test_flatten_joins_nested_keys_and_lists():
@@ -58,3 +65,29 @@ def test_an_unreachable_store_warns_once_and_never_raises(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.count("warning: MLflow tracking") == 2  # once per run object, then quiet
     assert "127.0.0.1:9" in err
+
+
+def test_a_run_left_running_by_a_dead_process_is_closed_by_the_next(store):
+    """A process killed with SIGKILL cannot end its run; the next run started on this host
+    marks it KILLED. A run whose owner still lives (a parallel queued experiment) is left
+    alone, and so is one from another host."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    client = mlflow.MlflowClient(store)
+    existing = client.get_experiment_by_name(tracking.EXPERIMENT)
+    experiment = (
+        existing.experiment_id if existing else client.create_experiment(tracking.EXPERIMENT)
+    )
+    owners = {
+        "killed": processes.process_id(gone.pid),
+        "alive": processes.process_id(),
+        "elsewhere": "other-host 0 1 1",
+    }
+    ids = {
+        name: client.create_run(experiment, tags={tracking.PROCESS_TAG: owner}).info.run_id
+        for name, owner in owners.items()
+    }
+    run = Run.start("next", {}, {})
+    status = {name: client.get_run(run_id).info.status for name, run_id in ids.items()}
+    assert status == {"killed": "KILLED", "alive": "RUNNING", "elsewhere": "RUNNING"}
+    assert client.get_run(run.run_id).data.tags[tracking.PROCESS_TAG] == owners["alive"]

@@ -1,7 +1,8 @@
 """The regression gate: compare the workspace's metrics with a git revision through DVC, print the
-table, and fail when the chosen metric dropped by more than the allowed amount.
+table, and fail when the chosen metric dropped by more than the allowed amount. With --promote, a
+pass points that alias of MLflow's registered model at the workspace's model.
 
-    cnnpipe-gate --rev main --metric test_accuracy --max-drop 0.02
+    cnnpipe-gate --rev main --metric test_accuracy --max-drop 0.02 [--promote champion]
 """
 
 from __future__ import annotations
@@ -10,6 +11,11 @@ import argparse
 import json
 import subprocess
 import sys
+from pathlib import Path
+
+from cnnpipe import tracking
+from cnnpipe.core.errors import CnnpipeError
+from cnnpipe.model.checkpoint import file_hash
 
 
 def metrics_diff(rev: str) -> dict:
@@ -59,11 +65,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rev", default="HEAD", help="baseline git revision (default HEAD)")
     parser.add_argument("--metric", default="test_accuracy", help="metric to guard")
     parser.add_argument("--max-drop", type=float, default=0.02, help="largest allowed drop")
+    parser.add_argument(
+        "--promote",
+        metavar="ALIAS",
+        help=f"on a pass, point this alias (e.g. {tracking.CHAMPION}) at the model's version",
+    )
+    parser.add_argument("--model", type=Path, default=Path("models/model.pt"))
     args = parser.parse_args(argv)
     diff = metrics_diff(args.rev)
     print(table(diff))
     passed, reason = check(diff, args.metric, args.max_drop)
     print(("gate passed: " if passed else "gate FAILED: ") + reason)
+    if passed and args.promote:
+        try:
+            version = tracking.promote(file_hash(args.model), args.promote)
+        except (CnnpipeError, OSError) as exc:
+            raise SystemExit(f"error: {exc}") from None
+        name = tracking.REGISTERED_MODEL
+        print(f"promoted: models:/{name}@{args.promote} is {name} version {version}")
     raise SystemExit(0 if passed else 1)
 
 

@@ -3,7 +3,9 @@
 The store defaults to `sqlite:///<project root>/mlflow.db`, the project root being DVC's own also
 inside a temporary experiment copy, so every run lands where `mlflow ui` in the root reads.
 `MLFLOW_TRACKING_URI` overrides it. Tracking never breaks a stage: the first failure prints one
-warning and the run goes quiet.
+warning and the run goes quiet. Each run is tagged with the process that owns it; a run left
+RUNNING by a process that is gone (killed with SIGKILL, a crash, a reboot) is marked KILLED by the
+next run started on that host.
 """
 
 from __future__ import annotations
@@ -15,10 +17,16 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from cnnpipe.core.errors import CnnpipeError
+from cnnpipe.core.params import read_yaml
+from cnnpipe.core.processes import process_id, still_running, uninterrupted
 from cnnpipe.core.project import git_revision, project_root
 
 EXPERIMENT = "cnnpipe"
 MODEL_HASH_TAG = "cnnpipe.model_sha256"
+REGISTERED_MODEL = "cnnpipe"  # in MLflow's model registry: models:/cnnpipe/<version>
+CHAMPION = "champion"  # the alias a passing gate on main sets: models:/cnnpipe@champion
+PROCESS_TAG = "cnnpipe.process"  # the owner, as cnnpipe.core.processes.process_id() names it
 
 
 def tracking_uri() -> str:
@@ -45,9 +53,7 @@ def pipeline_params(path: Path = Path("params.yaml")) -> dict[str, Any]:
     Read as plain YAML: logging the other stages' params does not make them inputs of this one
     (DVC re-runs a stage only for its own section, so that is all a stage may compute from).
     """
-    import yaml
-
-    return flatten(yaml.safe_load(path.read_text()) or {})
+    return flatten(read_yaml(path) or {})
 
 
 def dvc_tags() -> dict[str, str]:
@@ -72,7 +78,10 @@ class Run:
         if self.failed:
             return None
         try:
-            return action()
+            # Not broken into by SIGTERM: an interrupted write keeps the store's lock until the
+            # stage has ended, and the stage's own cleanup (ending the run) would wait for it.
+            with uninterrupted():
+                return action()
         except Exception as exc:  # tracking is best-effort by design
             self.failed = True
             print(
@@ -104,7 +113,9 @@ class Run:
             experiment_id = (
                 experiment.experiment_id if experiment else client.create_experiment(EXPERIMENT)
             )
-            created = client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
+            close_abandoned(client, experiment_id)
+            owned = {**tags, PROCESS_TAG: process_id()}
+            created = client.create_run(experiment_id, run_name=run_name, tags=owned)
             run.run_id = created.info.run_id
             from mlflow.entities import Param
 
@@ -180,12 +191,75 @@ class Run:
 
         self._active("logging the model", log)
 
+    def register_model(self, model_hash: str, name: str = REGISTERED_MODEL) -> str | None:
+        """Register the model this run logged as a version of `name` in the model registry,
+        tagged with its hash (once: an existing version for the hash is returned); the version."""
+
+        def register() -> str:
+            client = self._client()
+            existing = registered_version(client, model_hash, name)
+            if existing is not None:
+                return existing
+            outputs = client.get_run(self.run_id).outputs.model_outputs
+            if not outputs:
+                raise LookupError(f"run {self.run_id} logged no model")
+            import mlflow
+
+            version = mlflow.register_model(
+                f"models:/{outputs[-1].model_id}", name, tags={MODEL_HASH_TAG: model_hash}
+            )
+            return str(version.version)
+
+        return self._active("registering the model", register)
+
     def end(self, status: str = "FINISHED") -> None:
         self._active("ending the run", lambda: self._client().set_terminated(self.run_id, status))
 
-    def _active(self, what: str, action: Callable[[], Any]) -> None:
-        if self.run_id is not None:
-            self._guard(what, action)
+    def _active(self, what: str, action: Callable[[], Any]) -> Any:
+        return self._guard(what, action) if self.run_id is not None else None
+
+
+def registered_version(client, model_hash: str, name: str = REGISTERED_MODEL) -> str | None:
+    """The registry's version of `name` whose model has this hash, if any."""
+    found = client.search_model_versions(
+        f"name = '{name}' and tags.`{MODEL_HASH_TAG}` = '{model_hash}'"
+    )
+    return str(max(int(v.version) for v in found)) if found else None
+
+
+def promote(model_hash: str, alias: str = CHAMPION, name: str = REGISTERED_MODEL) -> str:
+    """Point `alias` at the registered version of the model with this hash; returns the version.
+    Unlike tracking, this is not best-effort: a model that is not registered stops it."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri())
+    version = registered_version(client, model_hash, name)
+    if version is None:
+        raise CnnpipeError(
+            f"no version of {name!r} in the model registry at {tracking_uri()} has model "
+            f"{model_hash[:12]}; run the package stage (dvc repro) against this store first"
+        )
+    client.set_registered_model_alias(name, alias, version)
+    return version
+
+
+def close_abandoned(client, experiment_id: str) -> list[str]:
+    """Mark KILLED the runs of the experiment left RUNNING by a process that is gone; return
+    their ids. Runs owned by another host, or by no known process, are left alone."""
+    closed = []
+    for run in client.search_runs(
+        [experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000
+    ):
+        owner = run.data.tags.get(PROCESS_TAG)
+        if owner and still_running(owner) is False:
+            client.set_terminated(run.info.run_id, "KILLED")
+            closed.append(run.info.run_id)
+            print(
+                f"tracking: MLflow run {run.info.run_name} ({run.info.run_id[:8]}) was left "
+                "RUNNING by a process that is gone; marked KILLED",
+                flush=True,
+            )
+    return closed
 
 
 def _requirements() -> list[str]:

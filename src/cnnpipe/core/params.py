@@ -1,11 +1,15 @@
 """The typed schema of params.yaml: one section per stage, defaults in one place, validated once.
 
 A bad value stops a stage before any work, with one line naming the key, the value and what
-is allowed.
+is allowed. Values are strict: a number where a flag is expected (`augment: 1`), a flag where a
+number is (`epochs: true`), a fraction where a count is, or an infinite or NaN float are refused,
+not converted. The whole file is checked by every stage and, first of all, by the check stage
+(stages/check.py), before DVC removes any stage's outputs.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -20,12 +24,14 @@ SHAPES = tuple(OUTLINES)
 MODELS = tuple(ARCHITECTURES)
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+# What every random generator used takes (numpy's legacy seed is the narrowest).
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 AUTO = "auto"  # a train value taken from the architecture's recipe (cnnpipe.core.architectures)
 Auto = Literal["auto"]
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class GenerateParams(Section):
@@ -38,7 +44,7 @@ class GenerateParams(Section):
     )
     images_per_class: int = Field(default=500, ge=1)
     image_size: int = Field(default=64, ge=16, le=1024)
-    seed: int = 0
+    seed: Seed = 0
     min_scale: float = Field(default=0.5, gt=0.0, le=1.0)
     max_scale: float = Field(default=0.9, gt=0.0, le=1.0)
     max_rotation: float = Field(default=90.0, ge=0.0, le=180.0)  # degrees, each direction
@@ -66,7 +72,7 @@ class ProcessParams(Section):
     channels: Literal[1, 3] = 1
     val_ratio: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.15
     test_ratio: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.15
-    seed: int = 0
+    seed: Seed = 0
 
     @model_validator(mode="after")
     def _ratios(self) -> ProcessParams:
@@ -101,9 +107,12 @@ class TrainParams(Section):
     label_smoothing: float = Field(default=0.1, ge=0.0, lt=1.0)
     ema_decay: float = Field(default=0.99, ge=0.0, lt=1.0)  # moving average of the weights; 0: off
     class_weight: Literal["none", "balanced"] = "none"  # balanced: rare classes weigh more
-    seed: int = 0
+    seed: Seed = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    num_threads: int = Field(default=0, ge=0)
+    # portable: the bits depend on params and data only (AVX2 kernels on x86-64, num_threads);
+    # machine: the fastest kernels this CPU has, bits that depend on it (see core/kernels.py)
+    determinism: Literal["portable", "machine"] = "portable"
+    num_threads: int = Field(default=2, ge=0)  # CPU threads of the whole training; 0: all cores
     mixed_precision: Literal["none", "bf16"] = "none"
     channels_last: bool = False
     augment: bool = True  # random affine changes (and flips, if `flip`) of each training batch
@@ -113,6 +122,15 @@ class TrainParams(Section):
     flip: bool = False  # mirror left-right too (wrong for digits and text)
     erase: Fraction = 0.25  # probability of erasing a random rectangle of each training image
     nproc: int = Field(default=1, ge=1)  # >1: DistributedDataParallel in that many processes
+
+    @model_validator(mode="after")
+    def _fixed_threads(self) -> TrainParams:
+        if self.determinism == "portable" and self.num_threads == 0:
+            raise ValueError(
+                "num_threads 0 (every core) makes the bits depend on the machine; set a thread "
+                "count, or determinism: machine"
+            )
+        return self
 
 
 class EvaluateParams(Section):
@@ -135,6 +153,23 @@ class Params(Section):
     evaluate: EvaluateParams = EvaluateParams()
     package: PackageParams = PackageParams()
 
+    @model_validator(mode="after")
+    def _image_size_fits_the_model(self) -> Params:
+        """Checked with the params, so the process stage refuses a size train would refuse."""
+        size, arch = self.process.image_size, ARCHITECTURES[self.train.model]
+        if arch.fixed_size is not None and size != arch.fixed_size:
+            raise ValueError(
+                f"process.image_size: {size} does not fit train.model {arch.name}, which takes "
+                f"exactly {arch.fixed_size} px; set process.image_size: {arch.fixed_size} or "
+                "choose another model"
+            )
+        if size < arch.min_size:
+            raise ValueError(
+                f"process.image_size: {size} is below {arch.min_size} px, the smallest input "
+                f"train.model {arch.name} takes; set process.image_size to {arch.min_size} or more"
+            )
+        return self
+
 
 class ParamsError(CnnpipeError):
     """params.yaml holds a value the schema does not allow."""
@@ -144,9 +179,9 @@ def _describe(error: dict) -> str:
     loc = error["loc"]
     if len(loc) > 2 and loc[-1] == f"literal[{AUTO!r}]":
         return ""  # the other member of the union (a number, or auto) says it
-    if len(loc) > 2 and isinstance(loc[-1], str) and not loc[-1].isidentifier():
-        loc = loc[:-1]  # a union member: name the key, and that auto is allowed too
-        error = {**error, "msg": f"{error['msg']}, or {AUTO}"}
+    union = len(loc) > 2 and isinstance(loc[-1], str) and not loc[-1].isidentifier()
+    if union:  # a member of `number | auto`: name the key, and say that auto is allowed too
+        loc = loc[:-1]
     key = ".".join(str(p) for p in loc)
     value = error.get("input")
     kind = error["type"]
@@ -158,8 +193,31 @@ def _describe(error: dict) -> str:
     if kind == "literal_error":
         return f"{key}: {value!r} is not allowed; choose one of {ctx.get('expected', '')}"
     if kind == "value_error":
-        return f"{key or 'params'}: {error['msg'].removeprefix('Value error, ')}"
-    return f"{key}: {value!r} is invalid ({error['msg'].lower()})"
+        message = error["msg"].removeprefix("Value error, ")
+        return f"{key}: {message}" if key else message
+    message, hint = error["msg"].lower(), _HINTS.get(kind)
+    if union and hint:
+        hint = f"{hint}, or {AUTO}"
+    elif union:
+        message = f"{message}, or {AUTO}"
+    return f"{key}: {_shown(value)} is invalid ({message})" + (f"; {hint}" if hint else "")
+
+
+_HINTS = {
+    "int_type": "write a whole number, such as 3",
+    "bool_type": "write true or false",
+    "float_type": "write a number, such as 0.5",
+    "finite_number": "write a finite number",
+    "string_type": "write text in quotes",
+    "list_type": "write a list, such as [a, b]",
+}
+
+
+def _shown(value: object) -> str:
+    """A value as it is written in params.yaml."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return repr(value)
 
 
 def _field_names(dotted: str) -> list[str]:
@@ -181,11 +239,37 @@ def parse(raw: dict | None) -> Params:
         raise ParamsError("params.yaml: " + "; ".join(lines)) from None
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """YAML as DVC reads and writes it (1.2, not PyYAML's 1.1): `1e-06` (what
+    `dvc exp run -S x=1e-6` writes) is a float, and only true and false are booleans (`yes`, `on`
+    are words to DVC, and so to the schema)."""
+
+
+_BOOL = "tag:yaml.org,2002:bool"
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    _BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def read_yaml(path: Path) -> object:
+    """A YAML file as DVC reads it (floats in exponent form included)."""
+    return yaml.load(path.read_text(), Loader=_Yaml12Loader)  # noqa: S506 (a SafeLoader)
+
+
 def load(path: Path | None = None) -> Params:
     """Read and validate params.yaml (the one in the current directory unless a path is given)."""
     path = path or Path("params.yaml")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = read_yaml(path)
     except FileNotFoundError:
         raise ParamsError(f"{path}: not found; run the stage from the project root") from None
     except yaml.YAMLError as exc:

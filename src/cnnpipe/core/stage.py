@@ -1,21 +1,27 @@
 """What every stage script shares: its paths from the command line, one-line errors instead of
-tracebacks, and progress output."""
+tracebacks, a clean stop on SIGTERM and on the death of the process that started it, and progress
+output."""
 
 from __future__ import annotations
 
 import argparse
 import inspect
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from cnnpipe.core import processes
 from cnnpipe.core.errors import CnnpipeError
 
 
 def run(main: Callable[..., None]) -> None:
     """Run a stage's main() with the paths dvc.yaml gives on its command line (one positional
     argument per parameter of main, in order); bad input ends it with one line on stderr and
-    exit status 2."""
+    exit status 2, SIGTERM (also sent when the process that started it dies) with status 143."""
+    if processes.tied_to_parent():
+        processes.die_with_parent()
+    processes.stop_on_sigterm()
     parser = argparse.ArgumentParser(description=sys.modules[main.__module__].__doc__)
     for name in inspect.signature(main).parameters:
         parser.add_argument(name, type=Path)
@@ -25,6 +31,12 @@ def run(main: Callable[..., None]) -> None:
     except CnnpipeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    except processes.Terminated as exc:
+        print(f"error: {Path(sys.argv[0]).stem} {exc}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        # The cleanup ran while unwinding; the interpreter's own teardown can block for long in
+        # torch.distributed once a peer has gone, and a stopped stage must be gone at once.
+        os._exit(143)
     except KeyboardInterrupt:
         raise SystemExit(130) from None
 

@@ -1,4 +1,5 @@
-"""The data report of the raw images: counts per class, skipped files, sizes, and a sample grid.
+"""The data report of the raw images: counts per class, skipped files, the same image in more
+than one class, sizes, and a sample grid.
 
 Drawn with PIL alone: matplotlib would add half a second to the generate stage's start-up.
 """
@@ -19,7 +20,8 @@ MOST_COMMON_SIZES = 10
 
 def summary(raw: RawData, params: GenerateParams) -> dict:
     """The JSON report: where the images came from, how many per class, which files were
-    skipped and why, and the distribution of image sizes (upright, before resizing)."""
+    skipped and why, which identical files are in different classes, and the distribution of
+    image sizes (upright, before resizing)."""
     widths = np.repeat([w for w, _ in raw.sizes], list(raw.sizes.values()))
     heights = np.repeat([h for _, h in raw.sizes], list(raw.sizes.values()))
     return {
@@ -30,6 +32,7 @@ def summary(raw: RawData, params: GenerateParams) -> dict:
         "images_per_class": raw.counts,
         "skipped": len(raw.skipped),
         "skipped_files": [{"path": s.path, "reason": s.reason} for s in raw.skipped],
+        "duplicates_across_classes": duplicates_across_classes(raw),
         "sizes": {
             "width": _stats(widths),
             "height": _stats(heights),
@@ -41,6 +44,21 @@ def summary(raw: RawData, params: GenerateParams) -> dict:
         },
         "modes": dict(sorted(raw.modes.items())),
     }
+
+
+def duplicates_across_classes(raw: RawData) -> list[dict]:
+    """Groups of files with the same bytes in more than one class (a labelling conflict: the
+    model is taught two answers for one image), each with its classes and files."""
+    label_of = {name: label for label, names in raw.files.items() for name in names}
+    groups: dict[str, list[str]] = {}
+    for name, md5 in raw.md5.items():
+        groups.setdefault(md5, []).append(name)
+    found = []
+    for names in groups.values():
+        classes = sorted({label_of[name] for name in names})
+        if len(classes) > 1:
+            found.append({"classes": classes, "files": sorted(names)})
+    return sorted(found, key=lambda group: group["files"])
 
 
 def _stats(values: np.ndarray) -> dict[str, float]:

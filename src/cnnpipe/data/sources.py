@@ -1,14 +1,17 @@
 """Raw labelled images from a source: synthetic shapes, scikit-learn's digits or a folder.
 
 Every source writes the same layout: `images/<class>/<file>` and `labels.csv` (file, label).
-Generated images (shapes, digits) are PNGs. Folder images are copied byte for byte after
-`preprocess` has decoded them once to prove they are readable, so the process stage converts the
-very file the user has (and would send to the service) through the one conversion path, once.
+Generated images (shapes, digits) are PNGs. Folder images (the files the check stage listed, see
+cnnpipe.data.folder) are copied byte for byte after `preprocess` has decoded them once to prove
+they are readable, so the process stage converts the very file the user has (and would send to
+the service) through the one conversion path, once. Every image's md5 is kept for the report
+(the same image in two classes).
 """
 
 from __future__ import annotations
 
-import shutil
+import hashlib
+import io
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,21 +21,14 @@ import numpy as np
 from PIL import Image
 
 from cnnpipe.core import preprocess
-from cnnpipe.core.dataset import IMAGES_DIR, LABELS_FILE, MIN_IMAGES_PER_CLASS, write_labels
+from cnnpipe.core.dataset import IMAGES_DIR, LABELS_FILE, write_labels
 from cnnpipe.core.errors import CnnpipeError
 from cnnpipe.core.params import GenerateParams
 from cnnpipe.core.stage import progress
 from cnnpipe.data import shapes
+from cnnpipe.data.folder import Listing, Skipped, check_class_size, list_folder, read_file
 
 Item = tuple[str, str, Image.Image]  # (file name within its class folder, class, image)
-
-
-@dataclass(frozen=True)
-class Skipped:
-    """A file of a folder source that is not used, and why."""
-
-    path: str
-    reason: str
 
 
 @dataclass
@@ -43,6 +39,7 @@ class RawData:
     skipped: list[Skipped] = field(default_factory=list)
     sizes: Counter[tuple[int, int]] = field(default_factory=Counter)  # (width, height) upright
     modes: Counter[str] = field(default_factory=Counter)
+    md5: dict[str, str] = field(default_factory=dict)  # file (as in files) -> md5 of its bytes
 
     @property
     def counts(self) -> dict[str, int]:
@@ -66,70 +63,20 @@ def digit_items(params: GenerateParams) -> Iterator[Item]:
         yield f"digit_{index:05d}.png", str(target), Image.fromarray(grey, mode="L")
 
 
-def _hidden(path: Path) -> bool:
-    return path.name.startswith(".")
-
-
-def _hidden_in(relative: Path) -> bool:
-    return any(part.startswith(".") for part in relative.parts)
-
-
-def scan_folder(root: Path) -> tuple[dict[str, list[Path]], list[Skipped]]:
-    """The candidate files of each class folder under root (sorted), and the loose files.
-
-    Checks the layout before any image is decoded: the folder exists, it holds at least two
-    class folders, and each holds at least MIN_IMAGES_PER_CLASS files. Hidden files and folders
-    (.DS_Store, .git) are ignored; files outside a class folder are skipped.
-    """
-    layout = f"one subfolder per class, e.g. {root}/cat/1.jpg, {root}/dog/2.png"
-    if not root.exists():
-        raise CnnpipeError(
-            f"generate.folder: {str(root)!r} does not exist; create it with {layout}, "
-            "or set generate.folder to your image folder"
-        )
-    if not root.is_dir():
-        raise CnnpipeError(f"generate.folder: {str(root)!r} is not a folder; point it at {layout}")
-    classes: dict[str, list[Path]] = {}
-    loose: list[Skipped] = []
-    for entry in sorted(root.iterdir()):
-        if _hidden(entry):
-            continue
-        if entry.is_dir():
-            classes[entry.name] = sorted(
-                path
-                for path in entry.rglob("*")
-                if path.is_file() and not _hidden_in(path.relative_to(entry))
-            )
-        else:
-            loose.append(Skipped(str(entry), "not inside a class folder; move it into one"))
-    if not any(classes.values()):
-        raise CnnpipeError(f"generate.folder: {str(root)!r} holds no images; put in it {layout}")
-    if len(classes) < 2:
-        names = ", ".join(classes)
-        raise CnnpipeError(
-            f"generate.folder: {str(root)!r} has {len(classes)} class folder ({names}); a "
-            f"classifier needs at least 2: add a subfolder of images per class ({layout})"
-        )
-    for label, files in classes.items():
-        if len(files) < MIN_IMAGES_PER_CLASS:
-            raise CnnpipeError(_too_few(root, label, len(files), "file(s)"))
-    return classes, loose
-
-
-def _too_few(root: Path, label: str, count: int, what: str) -> str:
-    return (
-        f"generate.folder: class {label!r} ({root / label}) has {count} {what}; each class needs "
-        f"at least {MIN_IMAGES_PER_CLASS} images (one each for train, val and test): add images "
-        "to it or remove the folder"
-    )
-
-
-def check_image(path: Path) -> Image.Image:
+def check_image(source: Path | bytes) -> Image.Image:
     """Decode a file as the process stage will; raise ImageError if it cannot be used."""
-    image = preprocess.open_image(path)
+    image = preprocess.open_image(source)
     # Mode conversion fails the same on one pixel as on all of them, and costs nothing.
     preprocess.to_array(image.crop((0, 0, 1, 1)), 1, 3)
     return image
+
+
+def _keep(raw: RawData, label: str, name: str, data: bytes, image: Image.Image) -> None:
+    raw.files[label].append(name)
+    raw.md5[name] = hashlib.md5(data).hexdigest()
+    raw.sizes[image.size] += 1
+    raw.modes[image.mode] += 1
+    _count(raw)
 
 
 def _write_items(items: Iterator[Item], out: Path, raw: RawData) -> None:
@@ -138,34 +85,40 @@ def _write_items(items: Iterator[Item], out: Path, raw: RawData) -> None:
         if label not in raw.files:
             folder.mkdir(parents=True, exist_ok=True)
             raw.files[label] = []
-        image.save(folder / name, format="PNG")
-        raw.files[label].append(f"{IMAGES_DIR}/{label}/{name}")
-        raw.sizes[image.size] += 1
-        raw.modes[image.mode] += 1
-        _count(raw)
+        encoded = io.BytesIO()
+        image.save(encoded, format="PNG")
+        (folder / name).write_bytes(encoded.getvalue())
+        _keep(raw, label, f"{IMAGES_DIR}/{label}/{name}", encoded.getvalue(), image)
 
 
-def _copy_folder(root: Path, out: Path, raw: RawData) -> None:
-    classes, raw.skipped = scan_folder(root)
-    for label, paths in classes.items():
+def _copy_folder(listing: Listing, out: Path, raw: RawData) -> None:
+    root = Path(listing.folder)
+    raw.skipped = list(listing.skipped)
+    for label, files in listing.classes.items():
         raw.files[label] = []
-        for path in paths:
+        for relative, md5 in files.items():
+            path = root / label / relative
             try:
-                image = check_image(path)
+                data = read_file(path)
+            except OSError as exc:
+                raw.skipped.append(Skipped(str(path), f"cannot be read ({exc.strerror})"))
+                continue
+            if hashlib.md5(data).hexdigest() != md5:
+                raise CnnpipeError(
+                    f"{path} changed after the check stage listed it; run dvc repro again"
+                )
+            try:
+                image = check_image(data)
             except preprocess.ImageError as exc:
                 raw.skipped.append(Skipped(str(path), str(exc)))
                 continue
-            name = f"{IMAGES_DIR}/{label}/{path.relative_to(root / label).as_posix()}"
+            name = f"{IMAGES_DIR}/{label}/{relative}"
             (out / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, out / name)
-            raw.files[label].append(name)
-            raw.sizes[image.size] += 1
-            raw.modes[image.mode] += 1
-            _count(raw)
+            (out / name).write_bytes(data)
+            _keep(raw, label, name, data, image)
         kept = len(raw.files[label])
-        if kept < MIN_IMAGES_PER_CLASS:
-            bad = len(paths) - kept
-            raise CnnpipeError(_too_few(root, label, kept, f"readable images ({bad} skipped)"))
+        bad = len(files) - kept
+        check_class_size(listing.folder, label, kept, f"readable images ({bad} skipped)")
 
 
 def _count(raw: RawData) -> None:
@@ -174,12 +127,13 @@ def _count(raw: RawData) -> None:
         progress(f"generate: {total} images written")
 
 
-def write_raw(params: GenerateParams, out: Path) -> RawData:
-    """Write every image of the source under `out`, and labels.csv; return what was written."""
+def write_raw(params: GenerateParams, out: Path, listing: Listing | None = None) -> RawData:
+    """Write every image of the source under `out`, and labels.csv; return what was written.
+    A folder source copies the files of `listing` (the check stage's; listed now if None)."""
     raw = RawData()
     out.mkdir(parents=True, exist_ok=True)
     if params.source == "folder":
-        _copy_folder(Path(params.folder), out, raw)
+        _copy_folder(listing or list_folder(params.folder), out, raw)
     else:
         items = shape_items(params) if params.source == "shapes" else digit_items(params)
         _write_items(items, out, raw)

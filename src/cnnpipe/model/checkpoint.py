@@ -15,20 +15,9 @@ from cnnpipe.core.dataset import InputSpec
 from cnnpipe.core.errors import CnnpipeError
 from cnnpipe.core.outputs import atomic_path
 from cnnpipe.model import registry
+from cnnpipe.model.card import ModelCard
 
 FORMAT = 1
-
-
-class ModelCard(InputSpec):
-    """A trained model: what it takes (InputSpec), its architecture, and what the pipeline knows
-    of it. The checkpoint holds the first part; the package stage completes it for the model
-    store, and the service's /metadata answers with it."""
-
-    architecture: str
-    best_epoch: int | None = None
-    sha256: str | None = None
-    test_metrics: dict[str, float] = {}
-    git_revision: str | None = None
 
 
 def save(path: Path, model: nn.Module, architecture: str, spec: InputSpec, extra: dict) -> None:

@@ -3,30 +3,47 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import bentoml
 from bentoml.exceptions import NotFound
 
-from cnnpipe.model.checkpoint import ModelCard
+from cnnpipe.model.card import ModelCard
 
 NAME = "cnnpipe"  # of the stored model and of the bento (bentofile.yaml)
 MODEL_FILE = "model.pt"
+ONNX_FILE = "model.onnx"  # the ONNX export, when the package stage wrote one
 TAGS_FILE = Path("models/bento/tags.json")  # the tags of the workspace's model and bento
+MODEL_ARCHIVE = "cnnpipe.bentomodel"  # the stored model as one file, beside TAGS_FILE
 
 
-def store_model(version: str, model_path: Path, card: ModelCard) -> str:
-    """Put the model file into the model store as cnnpipe:version, its card as the metadata
-    (kept if already there)."""
+def store_model(
+    version: str,
+    model_path: Path,
+    card: ModelCard,
+    onnx_path: Path | None = None,
+    metadata: dict | None = None,
+) -> str:
+    """Put the model file (and its ONNX export) into the model store as cnnpipe:version, its card
+    and `metadata` as the metadata. An entry of that version is kept if it holds the same files,
+    and replaced if it lacks the export."""
     tag = f"{NAME}:{version}"
     try:
-        return str(bentoml.models.get(tag).tag)
+        stored = bentoml.models.get(tag)
     except NotFound:
         pass
+    else:
+        if onnx_path is None or Path(stored.path_of(ONNX_FILE)).exists():
+            return str(stored.tag)
+        bentoml.models.delete(tag)
     labels = {"architecture": card.architecture, "classes": str(len(card.classes))}
-    metadata = card.model_dump(exclude_none=True)  # BentoML metadata holds no None
+    # BentoML metadata holds no None
+    metadata = {**card.model_dump(exclude_none=True), **(metadata or {})}
     with bentoml.models.create(tag, labels=labels, metadata=metadata) as ref:
-        (Path(ref.path) / MODEL_FILE).write_bytes(model_path.read_bytes())
+        shutil.copyfile(model_path, Path(ref.path) / MODEL_FILE)
+        if onnx_path is not None:
+            shutil.copyfile(onnx_path, Path(ref.path) / ONNX_FILE)
     return tag
 
 
@@ -52,3 +69,8 @@ def build_bento(bentofile: Path, version: str, model_tag: str) -> str:
 def export_bento(tag: str, path: Path) -> None:
     """Write the bento, its model included, as one archive (bentoml import reads it)."""
     bentoml.bentos.export_bento(tag, str(path.resolve()))
+
+
+def export_model(tag: str, path: Path) -> None:
+    """Write the stored model as one archive (`bentoml models import` reads it)."""
+    bentoml.models.export_model(tag, str(path.resolve()))

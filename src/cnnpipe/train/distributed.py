@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from cnnpipe.core.errors import CnnpipeError
+from cnnpipe.core.processes import OWNER_ENV, Terminated
 from cnnpipe.model.inference import select_device
 
 
@@ -74,17 +75,24 @@ def joined(device_choice: str) -> Iterator[tuple[ProcessRank, torch.device]]:
 
 
 def launch(nproc: int, script: str, args: list[str]) -> None:
-    """Run `torchrun --standalone --nproc_per_node nproc script args` from this process."""
+    """Run `torchrun --standalone --nproc_per_node nproc script args` from this process. The
+    workers die with it (cnnpipe.core.processes): SIGKILL of this process leaves none behind."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun
 
+    os.environ[OWNER_ENV] = str(os.getpid())
     try:
         torchrun(["--standalone", f"--nproc_per_node={nproc}", script, *args])
+    except SignalException as exc:  # torchrun stopped the workers first
+        raise Terminated(f"stopped by {exc.sigval.name}") from None
     except ChildFailedError as exc:
         raise CnnpipeError(
             f"{len(exc.failures)} of {nproc} training processes failed (their errors are above); "
             "fix the cause, or set train.nproc: 1 to train in one process"
         ) from None
+    finally:
+        os.environ.pop(OWNER_ENV, None)
 
 
 def per_process_batch(batch_size: int, world_size: int) -> int:

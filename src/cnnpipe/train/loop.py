@@ -10,6 +10,7 @@ every process makes the same choices.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import random
 import time
@@ -23,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from cnnpipe.core.dataset import Split
+from cnnpipe.core.errors import CnnpipeError
 from cnnpipe.core.params import TrainParams
 from cnnpipe.model.inference import Placement, predict
 from cnnpipe.model.registry import head_name
@@ -78,6 +80,18 @@ def class_weights(labels: np.ndarray, classes: int, choice: str) -> torch.Tensor
     weights = np.ones(classes)
     weights[present] = compute_class_weight("balanced", classes=present, y=labels)
     return torch.tensor(weights, dtype=torch.float32)
+
+
+def check_finite(m: EpochMetrics, params: TrainParams) -> None:
+    """Stop at the first non-finite loss: a diverged model never recovers, and no model whose
+    loss was not finite may be written (and then evaluated and packaged)."""
+    for name, value in (("training loss", m.train_loss), ("validation loss", m.val_loss)):
+        if not math.isfinite(value):
+            raise CnnpipeError(
+                f"train: the {name} became {value} in epoch {m.epoch}: training diverged and "
+                f"stopped, no model written; lower train.learning_rate "
+                f"({params.learning_rate:g} now)"
+            )
 
 
 def freeze_all_but_head(model: nn.Module, frozen: bool) -> None:
@@ -173,6 +187,7 @@ def fit(
             images_per_second=seen / seconds,
             ema_val_accuracy=scores["ema"][1] if ema is not None else None,
         )
+        check_finite(metrics, params)
         result.history.append(metrics)
         result.train_seconds += seconds
         result.epochs_run = epoch

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from dvclive import Live
 
-from cnnpipe.core import stage
+from cnnpipe.core import kernels, stage
 from cnnpipe.core.dataset import InputSpec, read_spec, read_split
 from cnnpipe.core.errors import CnnpipeError
 from cnnpipe.core.outputs import atomic_path
@@ -55,7 +55,7 @@ def train(
     p, chosen = recipe.resolve(p)
     spec = read_spec(processed)
     train_split, val = (read_split(processed, s, mmap=None) for s in ("train", "val"))
-    make_deterministic(p.seed, p.num_threads)
+    make_deterministic(p.seed, kernels.process_threads(p.num_threads))
     model = registry.build(p.model, spec.channels, len(spec.classes), spec.image_size, p.pretrained)
     started = "from scratch"
     if starts_from_checkpoint(p):
@@ -107,10 +107,13 @@ def train(
             "best_val_accuracy": result.best_val_accuracy,
         }
         checkpoint.save(model_file, model, p.model, spec, extra)
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM, or the launcher died
+        run.end("KILLED")
+        raise
     except BaseException:
         run.end("FAILED")
         raise
-    _log_result(run, model, result, model_file, parameters, val.images[:1], spec)
+    _log_result(run, model, result, model_file, parameters, val.images[:2], spec)
 
 
 def _log_epoch(m: EpochMetrics, p: TrainParams, live: Live, run: Run) -> None:
@@ -156,6 +159,8 @@ def _log_result(
             "model_bytes": model_file.stat().st_size,
         }
     )
+    # two images, not one: MLflow exports the model with torch.export, which fixes a batch size
+    # of 1 for good but keeps a larger one dynamic
     normalized = normalize(torch.from_numpy(np.array(example)), spec.mean, spec.std)
     run.log_model(model, normalized.numpy())
     run.end()

@@ -1,0 +1,151 @@
+"""Model quality with default params: the real pipeline (`dvc repro`) for each architecture on
+each data source, in a scratch copy of this checkout, and one table of what came out.
+
+For every source it generates and processes the data once; for every model it sets only
+`train.model` (and `generate.source`, `generate.folder`) and reproduces train and evaluate. It
+prints test accuracy, macro F1, the epochs run (early stopping may end a run sooner), the best
+epoch, the training seconds and images/s (from the MLflow run) and the train stage's wall time.
+
+    python bench/quality.py                                  # 4 models x shapes, digits
+    python bench/quality.py --sources digits --models lenet5
+    python bench/quality.py --folder /path/to/photos --set process.channels=3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = ("lenet5", "resnet18", "efficientnet_b0", "densenet121")
+
+
+def scratch_copy(dest: Path) -> None:
+    """This checkout's tracked files, without its results, as a fresh git repository."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
+    for name in filter(None, listed):
+        if (REPO / name).is_file() and not name.startswith(("dvc.lock", "metrics/")):
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
+    env = {"GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@cnnpipe.invalid"}
+    env |= {"GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@cnnpipe.invalid"}
+    for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "x"]):
+        subprocess.run(command, cwd=dest, check=True, env={**_env(dest), **env})
+
+
+def _env(root: Path) -> dict:
+    return {**os.environ, "PYTHONPATH": str(root / "src"), "DVC_NO_ANALYTICS": "1"}
+
+
+def set_params(root: Path, overrides: dict[str, str]) -> None:
+    """params.yaml with `section.key: value` overrides (values parsed as YAML)."""
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    for dotted, value in overrides.items():
+        section, key = dotted.split(".", 1)
+        params[section][key] = yaml.safe_load(value)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def repro(root: Path, target: str) -> float:
+    """Seconds `dvc repro target` took; its output goes to the terminal."""
+    started = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-m", "dvc", "repro", target], cwd=root, env=_env(root), text=True
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"dvc repro {target} failed in {root}")
+    return time.perf_counter() - started
+
+
+def training_record(root: Path) -> dict[str, float]:
+    """The latest MLflow run's training figures."""
+    with sqlite3.connect(root / "mlflow.db") as db:
+        (run,) = db.execute("select run_uuid from runs order by start_time desc limit 1").fetchone()
+        rows = db.execute(
+            "select key, value from latest_metrics where run_uuid = ?", (run,)
+        ).fetchall()
+    return dict(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sources", nargs="+", default=["shapes", "digits"])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--folder", type=Path, help="also an image folder (source: folder)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="other params")
+    parser.add_argument("--keep", type=Path, help="keep the scratch projects under this folder")
+    args = parser.parse_args()
+    extra = dict(item.split("=", 1) for item in args.set)
+    sources = [(s, None) for s in args.sources]
+    if args.folder:
+        sources.append(("folder", args.folder.resolve()))
+
+    base = Path(args.keep or tempfile.mkdtemp(prefix="cnnpipe-quality-"))
+    rows = []
+    for source, folder in sources:
+        root = base / source
+        if root.exists():
+            shutil.rmtree(root)
+        root.mkdir(parents=True)
+        scratch_copy(root)
+        data = {"generate.source": source}
+        if folder:
+            data["generate.folder"] = str(folder)
+        set_params(root, {**data, **extra})
+        repro(root, "process")
+        for model in args.models:
+            set_params(root, {"train.model": model})
+            seconds = repro(root, "train")
+            repro(root, "evaluate")
+            scores = json.loads((root / "metrics/evaluate/metrics.json").read_text())
+            summary = json.loads((root / "metrics/train/metrics.json").read_text())
+            record = training_record(root)
+            split = json.loads((root / "metrics/process/split.json").read_text())
+            images = sum(split["train"].values()) * summary["epochs_run"]
+            rows.append(
+                (
+                    source,
+                    model,
+                    scores["test_accuracy"],
+                    scores["test_f1_macro"],
+                    summary["epochs_run"],
+                    summary["best_epoch"],
+                    record["train_seconds"],
+                    images / record["train_seconds"],
+                    seconds,
+                )
+            )
+            print(f"quality: {rows[-1]}", flush=True)
+    print(f"\nextra params: {extra or 'none'}; projects in {base if args.keep else '(removed)'}")
+    print(
+        "| data | model | test accuracy | macro F1 | epochs run | best epoch | training s "
+        "| images/s | train stage s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for source, model, acc, f1, run, best, train_s, rate, stage_s in rows:
+        print(
+            f"| {source} | {model} | {acc:.4f} | {f1:.4f} | {run} | {best} | {train_s:.0f} "
+            f"| {rate:.0f} | {stage_s:.0f} |"
+        )
+    if not args.keep:
+        shutil.rmtree(base)
+
+
+if __name__ == "__main__":
+    main()

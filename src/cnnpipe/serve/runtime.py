@@ -1,0 +1,79 @@
+"""What runs the model in a worker: onnxruntime on the package stage's ONNX export, or torch on
+the checkpoint. Both take the uint8 batch preprocess.load makes and return class probabilities;
+the export holds the same normalisation (cnnpipe.core.preprocess.normalize, traced into the graph)
+and was checked against torch on the test split when it was packaged.
+
+Torch and onnxruntime are imported only when a worker loads its runtime: the supervising process
+of `bentoml serve` imports the service module too, and an ONNX worker never loads torch (it would
+cost seconds of start-up and hundreds of MB per process).
+"""
+
+from __future__ import annotations
+
+import typing as t
+from pathlib import Path
+
+import numpy as np
+
+from cnnpipe.core.errors import CnnpipeError
+from cnnpipe.serve.packaging import MODEL_FILE, NAME, ONNX_FILE
+
+
+class Runtime(t.Protocol):
+    name: str
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        """Class probabilities (N, classes) of a uint8 batch (N, C, H, W)."""
+        ...
+
+
+class OnnxRuntime:
+    name = "onnx"
+
+    def __init__(self, path: Path, threads: int) -> None:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        # Idle threads would spin for the next batch, taking the core that parses the requests.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = onnxruntime.InferenceSession(
+            str(path), options, providers=["CPUExecutionProvider"]
+        )
+        self.input = self.session.get_inputs()[0].name
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input: np.ascontiguousarray(batch)})[0]
+
+
+class TorchRuntime:
+    name = "torch"
+
+    def __init__(self, path: Path, threads: int) -> None:
+        # Deferred: only a torch worker loads torch (see the module docstring).
+        import torch
+
+        from cnnpipe.model import checkpoint, inference
+
+        torch.set_num_threads(threads)
+        self.model, self.card, _ = checkpoint.load(path)
+        self._probabilities = inference.probabilities
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        return self._probabilities(self.model, self.card, batch)
+
+
+def load(model_dir: Path, choice: str, threads: int) -> Runtime:
+    """The runtime for a stored model: `onnx`, `torch`, or `auto` (onnx when the export is
+    there)."""
+    exported = model_dir / ONNX_FILE
+    if choice == "onnx" and not exported.exists():
+        raise CnnpipeError(
+            f"CNNPIPE_RUNTIME=onnx but the stored model has no {ONNX_FILE}; package it again "
+            f"(dvc repro package, or bentoml import models/bento/{NAME}.bento), or unset "
+            "CNNPIPE_RUNTIME"
+        )
+    if choice != "torch" and exported.exists():
+        return OnnxRuntime(exported, threads)
+    return TorchRuntime(model_dir / MODEL_FILE, threads)

@@ -1,0 +1,115 @@
+"""What the service tests share: a tiny trained model in the store with its checked ONNX export,
+and the service module imported afresh with given settings."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import bentoml
+import numpy as np
+import pytest
+import torch
+from conftest import TINY, encode
+from PIL import Image
+
+from cnnpipe.core import preprocess
+from cnnpipe.core.dataset import read_split
+from cnnpipe.core.params import GenerateParams, ProcessParams
+from cnnpipe.data import sources, split
+from cnnpipe.model import checkpoint, export, registry
+from cnnpipe.model.inference import probabilities
+from cnnpipe.serve import packaging
+
+MAX_UPLOAD = 2_000_000
+MAX_PIXELS = 1_000_000
+TEST_METRICS = {"test_accuracy": 1.0}
+SERVICE = "cnnpipe.serve.service"
+
+
+def train_tiny(images: np.ndarray, labels: np.ndarray, spec) -> torch.nn.Module:
+    """LeNet-5 fitted to the clean shapes in a few seconds."""
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    model = registry.build("lenet5", spec.channels, len(spec.classes), spec.image_size)
+    x = preprocess.normalize(torch.from_numpy(np.asarray(images)), spec.mean, spec.std)
+    y = torch.from_numpy(labels)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.005)
+    for _ in range(40):
+        for i in torch.randperm(len(x)).split(16):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(x[i]), y[i]).backward()
+            optimizer.step()
+    return model.eval()
+
+
+def stored_model(base: Path) -> dict:
+    """Raw images, processed splits, a trained model and its ONNX export in the store (as the
+    package stage puts them there), and the test images."""
+    raw, processed = base / "raw", base / "processed"
+    sources.write_raw(GenerateParams(**{**TINY["generate"], "images_per_class": 60}), raw)
+    spec, _ = split.write_processed(raw, processed, ProcessParams(**TINY["process"]))
+    train = read_split(processed, "train", mmap=False)
+    model = train_tiny(train.images, train.labels, spec)
+    checkpoint.save(base / "model.pt", model, "lenet5", spec, {"best_epoch": 1})
+    card = checkpoint.card_of(checkpoint.read(base / "model.pt")).model_copy(
+        update={
+            "sha256": checkpoint.file_hash(base / "model.pt"),
+            "test_metrics": TEST_METRICS,
+            "git_revision": "abc123",
+        }
+    )
+    test = read_split(processed, "test", mmap=False)
+    export.export_onnx(model, card, base / "model.onnx")
+    difference = export.max_difference(base / "model.onnx", model, card, test.images)
+    tag = packaging.store_model(
+        "test0000",
+        base / "model.pt",
+        card,
+        base / "model.onnx",
+        {"onnx_max_difference": difference},
+    )
+    predicted = probabilities(model, spec, test.images).argmax(1)
+    return {
+        "raw": raw,
+        "tag": tag,
+        "dir": Path(bentoml.models.get(tag).path),
+        "info": spec,
+        "test": test,
+        "predicted": predicted,
+    }
+
+
+@contextmanager
+def imported_service(env: dict[str, str]) -> Iterator:
+    """The service module imported with these CNNPIPE_* settings (and no others), afresh."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in [n for n in os.environ if n.startswith("CNNPIPE_")]:
+            patch.delenv(name)
+        for name, value in env.items():
+            patch.setenv(name, value)
+        sys.modules.pop(SERVICE, None)
+        try:
+            __import__(SERVICE)
+            yield sys.modules[SERVICE]
+        finally:
+            sys.modules.pop(SERVICE, None)
+
+
+def one_per_class(stored: dict) -> list[tuple[Path, str]]:
+    """For each class, the first test image the model gets right in-process."""
+    test, classes = stored["test"], stored["info"].classes
+    firsts = {}
+    for file, label, predicted in zip(test.files, test.labels, stored["predicted"], strict=True):
+        if label == predicted:
+            firsts.setdefault(classes[label], stored["raw"] / file)
+    assert list(firsts) == classes, "the tiny model gets no test image of some class right"
+    return [(path, name) for name, path in firsts.items()]
+
+
+def truncated(fmt: str) -> bytes:
+    data = encode(Image.new("RGB", (64, 64), (200, 10, 10)).effect_spread(8), fmt)
+    return data[: len(data) // 2]

@@ -1,0 +1,253 @@
+"""The service as users run it: a real `bentoml serve`, called by the clients people use, checked
+against its own OpenAPI document by schemathesis, and attacked with slow clients and
+decompression bombs."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+import requests
+from conftest import REPO, free_port, server_process
+from PIL import Image
+from service_fixtures import MAX_UPLOAD, one_per_class, stored_model, truncated
+
+pytestmark = pytest.mark.e2e
+
+HEADER_TIMEOUT_S = 1.0
+SERVER_ENV = {
+    "CNNPIPE_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
+    "CNNPIPE_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
+    "CNNPIPE_MAX_IMAGES": "8",
+}
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory) -> dict:
+    return stored_model(tmp_path_factory.mktemp("server"))
+
+
+@pytest.fixture(scope="module")
+def server(stored):
+    """The service with its default settings (workers, threads, runtime), limits lowered."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CNNPIPE_")}
+    env.update(SERVER_ENV, CNNPIPE_MODEL=stored["tag"], PYTHONPATH=str(REPO / "src"))
+    with server_process(REPO, env) as running:
+        yield running
+
+
+def browser_form(data: bytes) -> tuple[bytes, dict]:
+    """A multipart body as a browser's <form enctype="multipart/form-data"> sends it, with a
+    blank top_k field."""
+    boundary = "----WebKitFormBoundary7MA4YWxkTrZu0gW"
+    body = (
+        f"--{boundary}\r\n"
+        'Content-Disposition: form-data; name="file"; filename="star.png"\r\n'
+        "Content-Type: image/png\r\n\r\n"
+    ).encode()
+    body += (
+        data + f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="top_k"\r\n\r\n'.encode()
+    )
+    body += f"\r\n--{boundary}--\r\n".encode()
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def test_every_common_client_gets_the_same_prediction(server, stored, tmp_path):
+    path, label = one_per_class(stored)[2]
+    url = f"{server.url}/predict"
+    data = path.read_bytes()
+    answers = {}
+    with open(path, "rb") as f:  # the part goes untyped
+        answers["python-requests"] = requests.post(url, files={"file": f}, timeout=30)
+    with open(path, "rb") as f:
+        answers["httpx"] = httpx.post(url, files={"file": f}, timeout=30)
+    body, headers = browser_form(data)
+    answers["browser form"] = requests.post(url, data=body, headers=headers, timeout=30)
+    answers["raw image/png"] = httpx.post(url, content=data, headers={"Content-Type": "image/png"})
+    answers["raw octet-stream"] = requests.post(
+        url, data=data, headers={"Content-Type": "application/octet-stream"}, timeout=30
+    )
+    results = {name: (reply.status_code, reply.json()) for name, reply in answers.items()}
+    if shutil.which("curl"):
+        for name, args in {
+            "curl -F": ["-F", f"file=@{path}"],
+            "curl --data-binary": ["-H", "Content-Type: image/png", "--data-binary", f"@{path}"],
+        }.items():
+            out = subprocess.run(
+                ["curl", "-s", "-w", "\n%{http_code}", *args, url], capture_output=True, text=True
+            ).stdout
+            body_text, status = out.rsplit("\n", 1)
+            results[name] = (int(status), httpx.Response(200, content=body_text).json())
+    expected = results["httpx"][1]
+    assert expected["label"] == label
+    for name, (status, answer) in results.items():
+        assert status == 200, (name, answer)
+        assert answer == expected, name
+
+
+def test_a_bad_batch_fails_alone_among_concurrent_batches(server, stored):
+    """Concurrent /predict_batch requests are grouped; the one with a bad image gets 400, the
+    others their results, and the server keeps answering."""
+    pairs = one_per_class(stored)
+    good = [("files", (p.name, p.read_bytes(), "image/png")) for p, _ in pairs]
+    bad = [*good[:1], ("files", ("bad.png", truncated("PNG"), "image/png")), *good[1:]]
+    batches = [bad if i == 5 else good for i in range(12)]
+    with ThreadPoolExecutor(12) as pool:
+        replies = list(
+            pool.map(
+                lambda files: httpx.post(f"{server.url}/predict_batch", files=files, timeout=30),
+                batches,
+            )
+        )
+    for i, reply in enumerate(replies):
+        if i == 5:
+            assert reply.status_code == 400
+            assert reply.json()["detail"][0]["loc"] == ["files", 1]
+        else:
+            assert reply.status_code == 200, reply.text
+            assert [r["label"] for r in reply.json()] == [label for _, label in pairs]
+    too_big = httpx.post(f"{server.url}/predict", files={"file": ("x", b"\0" * (MAX_UPLOAD + 1))})
+    assert too_big.status_code == 413
+    assert httpx.get(f"{server.url}/readyz").status_code == 200
+
+
+def test_schemathesis_finds_every_documented_response_true(server):
+    """`schemathesis run --checks all` in the project root (schemathesis.toml says what an image
+    is): every response matches the document, every valid request is accepted."""
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "schemathesis"),
+            "run",
+            f"{server.url}/docs.json",
+            "--checks",
+            "all",
+            "--url",
+            server.url,
+            "--max-examples",
+            "12",
+            "--seed",
+            "1",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stdout[-6000:]
+    assert "No issues found" in result.stdout
+
+
+def test_slow_request_headers_are_timed_out(server):
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as slow:
+        slow.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+        began = time.monotonic()
+        answer = slow.recv(1024)
+        waited = time.monotonic() - began
+        assert answer.startswith(b"HTTP/1.1 408") and slow.recv(1024) == b""  # then closed
+    assert HEADER_TIMEOUT_S - 0.2 < waited < HEADER_TIMEOUT_S + 5
+    assert httpx.get(f"{server.url}/readyz").status_code == 200
+
+
+def rss_mb(process: psutil.Process) -> float:
+    return process.memory_info().rss / 2**20
+
+
+def loads_torch(process: psutil.Process) -> bool:
+    return any("libtorch" in m.path for m in process.memory_maps())
+
+
+def test_16_bit_bombs_stay_within_the_memory_budget(server, stored):
+    """8 concurrent 60 KB PNGs of 5000x5000 16-bit pixels: each worker grows by at most 300 MB
+    and comes back to within 50 MB; no process of the server loads torch (the ONNX runtime)."""
+    buffer = io.BytesIO()
+    Image.new("I;16", (5000, 5000), 1000).save(buffer, "PNG")
+    bomb = buffer.getvalue()
+    assert len(bomb) < 100_000
+    supervisor = server.process
+    workers = psutil.Process(supervisor.pid).children(recursive=True)
+    assert workers and not any(loads_torch(p) for p in [psutil.Process(supervisor.pid), *workers])
+    path, _ = one_per_class(stored)[0]
+    for _ in range(4):  # every worker warm
+        httpx.post(f"{server.url}/predict", files={"file": path.open("rb")}, timeout=30)
+    baseline = {p.pid: rss_mb(p) for p in workers}
+    peak = dict(baseline)
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            for p in workers:
+                peak[p.pid] = max(peak[p.pid], rss_mb(p))
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            replies = list(
+                pool.map(
+                    lambda _: httpx.post(
+                        f"{server.url}/predict", files={"file": ("b.png", bomb)}, timeout=120
+                    ),
+                    range(8),
+                )
+            )
+    finally:
+        done.set()
+        sampler.join()
+    assert [r.status_code for r in replies] == [200] * 8
+    time.sleep(1)
+    after = {p.pid: rss_mb(p) for p in workers}
+    growth = {pid: peak[pid] - baseline[pid] for pid in baseline}
+    print(f"worker RSS MB, baseline {baseline}, peak {peak}, 1 s after {after}")  # pytest -rP
+    assert max(growth.values()) <= 300, growth
+    assert all(after[pid] - baseline[pid] <= 50 for pid in baseline), (baseline, after)
+
+
+def cpu_seconds(processes: list[psutil.Process]) -> float:
+    return sum(p.cpu_times().user + p.cpu_times().system for p in processes)
+
+
+def test_decoding_stops_when_the_client_leaves(server):
+    """A client that gives up on 8 slow-to-decode images: the worker stops after the image it
+    is decoding and says so in one line."""
+    buffer = io.BytesIO()
+    Image.new("I;16", (5000, 5000), 1000).save(buffer, "PNG")
+    files = [("files", (f"{i}.png", buffer.getvalue(), "image/png")) for i in range(8)]
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(f"{server.url}/predict_batch", files=files, timeout=0.5)
+    deadline = time.monotonic() + 20
+    while "the client left" not in server.log.read_text():
+        assert time.monotonic() < deadline, server.log.read_text()[-3000:]
+        time.sleep(0.1)
+    workers = psutil.Process(server.process.pid).children(recursive=True)
+    before = cpu_seconds(workers)
+    time.sleep(1.5)
+    assert cpu_seconds(workers) - before < 0.3  # idle: nothing left decoding
+
+
+def test_serve_without_the_model_fails_with_one_line(tmp_path):
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "empty"), "PYTHONPATH": str(REPO / "src")}
+    result = subprocess.run(
+        [sys.executable, "-m", "bentoml", "serve", "--port", str(free_port())],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "dvc repro" in lines[0] and "bentoml import" in lines[0]

@@ -1,0 +1,34 @@
+"""Serving settings from CNNPIPE_* variables."""
+
+import pytest
+
+from cnnpipe.core.errors import CnnpipeError
+from cnnpipe.serve.settings import Settings, cores, settings_from_env
+
+
+def test_settings_come_from_env_and_bad_values_name_the_variable():
+    assert settings_from_env({"CNNPIPE_MAX_BATCH_SIZE": "8"}).max_batch_size == 8
+    assert settings_from_env({"CNNPIPE_RUNTIME": "torch"}).runtime == "torch"
+    with pytest.raises(CnnpipeError, match="CNNPIPE_MAX_BATCH_SIZE='lots'"):
+        settings_from_env({"CNNPIPE_MAX_BATCH_SIZE": "lots"})
+    with pytest.raises(CnnpipeError, match="CNNPIPE_RUNTIME='tensorrt'"):
+        settings_from_env({"CNNPIPE_RUNTIME": "tensorrt"})
+
+
+def test_workers_and_threads_default_to_the_cores():
+    default = Settings()
+    assert default.worker_count == cores()
+    assert default.worker_count * default.model_threads == cores()
+    one = Settings(workers=1)
+    assert (one.worker_count, one.model_threads) == (1, cores())
+    assert Settings(workers=3, threads=2).model_threads == 2
+
+
+def test_in_the_project_root_the_workspace_model_is_served(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert settings_from_env({}).model == "cnnpipe:latest"
+    tags = tmp_path / "models/bento/tags.json"
+    tags.parent.mkdir(parents=True)
+    tags.write_text('{"model": "cnnpipe:0123456789abcdef", "bento": null}')
+    assert settings_from_env({}).model == "cnnpipe:0123456789abcdef"
+    assert settings_from_env({"CNNPIPE_MODEL": "cnnpipe:other"}).model == "cnnpipe:other"
