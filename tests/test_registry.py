@@ -36,3 +36,32 @@ def test_pretrained_without_weights_gives_a_clear_error(monkeypatch):
     monkeypatch.setenv("TORCH_HOME", "/nonexistent-cnnpipe-torch-home")
     with pytest.raises(CnnpipeError, match="pretrained: false"):
         registry.build("lenet5", 1, 3, 32, pretrained=True)
+
+
+def test_resnet18_blocks_start_as_the_identity():
+    model = registry.build("resnet18", 1, 5, 32)
+    last_norms = [block.bn2.weight for layer in range(1, 5) for block in model.get_submodule(
+        f"layer{layer}")]
+    assert len(last_norms) == 8 and all(torch.count_nonzero(w) == 0 for w in last_norms)
+    assert torch.count_nonzero(model.bn1.weight) == 64  # the stem is untouched
+
+
+def test_efficientnet_b0_keeps_two_by_two_features_at_32_px_and_starts_near_uniform():
+    model = registry.build("efficientnet_b0", 1, 5, 32).eval()
+    with torch.no_grad():
+        features = model.features(torch.randn(2, 1, 32, 32))
+        logits = model(torch.randn(8, 1, 32, 32))
+    assert features.shape[-2:] == (2, 2)
+    loss = torch.nn.functional.cross_entropy(logits, torch.zeros(8, dtype=torch.long))
+    assert abs(loss.item() - torch.log(torch.tensor(5.0)).item()) < 0.05  # log(classes)
+    assert registry.build("efficientnet_b0", 1, 5, 64).features[0][0].stride == (2, 2)
+
+
+def test_efficientnet_b0_residual_blocks_start_as_the_identity():
+    from torchvision.models.efficientnet import MBConv
+
+    model = registry.build("efficientnet_b0", 1, 5, 32)
+    residual = [m for m in model.modules() if isinstance(m, MBConv) and m.use_res_connect]
+    assert len(residual) == 9
+    assert all(torch.count_nonzero(m.block[-1][1].weight) == 0 for m in residual)
+    assert all(m.stochastic_depth.p == 0 for m in residual)

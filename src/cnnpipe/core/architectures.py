@@ -32,10 +32,10 @@ ARCHITECTURES = {
         Architecture(
             "lenet5", torchvision=False, min_size=32, fixed_size=32, recipe=Recipe(0.005, 0.05, 60)
         ),
-        Architecture("resnet18", torchvision=True, min_size=32, recipe=Recipe(0.002, 0.05, 30)),
+        Architecture("resnet18", torchvision=True, min_size=32, recipe=Recipe(0.003, 0.05, 30)),
         Architecture(
-            "efficientnet_b0", torchvision=True, min_size=32, recipe=Recipe(0.002, 0.05, 30)
+            "efficientnet_b0", torchvision=True, min_size=32, recipe=Recipe(0.003, 0.05, 20)
         ),
-        Architecture("densenet121", torchvision=True, min_size=32, recipe=Recipe(0.002, 0.05, 30)),
+        Architecture("densenet121", torchvision=True, min_size=32, recipe=Recipe(0.003, 0.05, 20)),
     )
 }

@@ -84,12 +84,49 @@ def _replace_head(model: nn.Module, num_classes: int) -> None:
     _set_module(model, head, nn.Linear(model.get_submodule(head).in_features, num_classes))
 
 
+def _small_head(model: nn.Module) -> None:
+    """The head drawn from N(0, 0.01), bias 0: logits near zero at the start. (EfficientNet's own
+    U(+-1/sqrt(classes)) starts 5 classes at a loss of about 5.7.)"""
+    head = model.get_submodule(head_name(model))
+    nn.init.normal_(head.weight, 0.0, 0.01)
+    nn.init.zeros_(head.bias)
+
+
+def _zero_init_mbconv(model: nn.Module) -> None:
+    """Each residual MBConv block starts as the identity (its last BatchNorm scaled by 0), as
+    torchvision's zero_init_residual does for ResNet."""
+    from torchvision.models.efficientnet import MBConv
+
+    for block in model.modules():
+        if isinstance(block, MBConv) and block.use_res_connect:
+            nn.init.zeros_(block.block[-1][1].weight)
+
+
+def _fit_small_input(model: nn.Module, name: str, image_size: int) -> None:
+    """EfficientNet-B0 halves its input five times: below 64 px its stem convolution keeps
+    stride 1, so that 32 px ends in 2x2 features rather than one pixel."""
+    if name == "efficientnet_b0" and image_size < 64:
+        model.features[0][0].stride = (1, 1)
+
+
+# what each torchvision architecture is built with from scratch (its recipe in models' own terms)
+_SCRATCH = {
+    "resnet18": {"zero_init_residual": True},
+    "efficientnet_b0": {"stochastic_depth_prob": 0.0},
+    "densenet121": {},
+}
+
+
 def _torchvision(name: str, num_classes: int, pretrained: bool) -> nn.Module:
     from torchvision import models  # imported when needed: it doubles torch's import time
 
     builder = getattr(models, name)
     if not pretrained:
-        return builder(weights=None, num_classes=num_classes)
+        model = builder(weights=None, num_classes=num_classes, **_SCRATCH[name])
+        if name == "efficientnet_b0":
+            _zero_init_mbconv(model)
+            _small_head(model)
+        return model
     try:
         model = builder(weights="DEFAULT")
     except Exception as exc:  # any download or cache failure
@@ -125,6 +162,7 @@ def build(
         return LeNet5(in_channels, num_classes)
     model = _torchvision(name, num_classes, pretrained)
     _adapt_first_conv(model, in_channels)
+    _fit_small_input(model, name, image_size)
     return model
 
 
