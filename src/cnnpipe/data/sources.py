@@ -105,7 +105,7 @@ def _copy_folder(listing: Listing, out: Path, raw: RawData) -> None:
                 continue
             if hashlib.md5(data).hexdigest() != md5:
                 raise CnnpipeError(
-                    f"{path} changed after the check stage listed it; run dvc repro again"
+                    f"{path} changed while it was being copied; run dvc repro again"
                 )
             try:
                 image = check_image(data)
@@ -129,7 +129,7 @@ def _count(raw: RawData) -> None:
 
 def write_raw(params: GenerateParams, out: Path, listing: Listing | None = None) -> RawData:
     """Write every image of the source under `out`, and labels.csv; return what was written.
-    A folder source copies the files of `listing` (the check stage's; listed now if None)."""
+    A folder source copies the files of `listing` (listed now if None)."""
     raw = RawData()
     out.mkdir(parents=True, exist_ok=True)
     if params.source == "folder":
