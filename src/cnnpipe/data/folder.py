@@ -219,9 +219,10 @@ def refuse_unhashable(listing: Listing, shown: int = 3) -> None:
         return
     named = "; ".join(f"{s.path}: {s.reason.split(';')[0]}" for s in bad[:shown])
     more = f" and {len(bad) - shown} more" if len(bad) > shown else ""
+    entries = "1 entry" if len(bad) == 1 else f"{len(bad)} entries"
     raise CnnpipeError(
-        f"generate.folder: {listing.folder!r} holds {len(bad)} entr{'y' if len(bad) == 1 else 'ies'}"
-        f" DVC cannot hash (it hangs on a named pipe, fails on the others): {named}{more}; "
+        f"generate.folder: {listing.folder!r} holds {entries} DVC cannot hash (it hangs on a "
+        f"named pipe, fails on the others): {named}{more}; "
         "remove them, or point generate.folder at a folder without them"
     )
 

@@ -104,9 +104,7 @@ def _copy_folder(listing: Listing, out: Path, raw: RawData) -> None:
                 raw.skipped.append(Skipped(str(path), f"cannot be read ({exc.strerror})"))
                 continue
             if hashlib.md5(data).hexdigest() != md5:
-                raise CnnpipeError(
-                    f"{path} changed while it was being copied; run dvc repro again"
-                )
+                raise CnnpipeError(f"{path} changed while it was being copied; run dvc repro again")
             try:
                 image = check_image(data)
             except preprocess.ImageError as exc:
