@@ -1,11 +1,12 @@
-"""Stage 1: write the raw labelled images from the source in params `generate` (a folder: the
-files the check stage listed), and the data report (counts, skipped files, the same image in
-several classes, sizes; a grid of samples)."""
+"""Stage 1: write the raw labelled images from the source in params `generate`, and the data
+report (counts, skipped files, the same image in several classes, sizes; a grid of samples).
+`source` is the check stage's output, which puts generate after the check."""
 
 from pathlib import Path
 
 from cnnpipe.core import params, stage
 from cnnpipe.core.outputs import atomic_path, write_json
+from cnnpipe.core.project import project_root
 from cnnpipe.data import folder, report, sources
 
 SHOW_SKIPPED = 20
@@ -13,7 +14,9 @@ SHOW_SKIPPED = 20
 
 def main(source: Path, raw: Path, report_file: Path, samples_file: Path) -> None:
     p = params.load().generate
-    listing = folder.read_listing(source, p) if p.source == "folder" else None
+    listing = None
+    if p.source == "folder":
+        listing = folder.list_folder(p.folder, folder.hash_cache(project_root()))
     with atomic_path(raw) as tmp:
         written = sources.write_raw(p, tmp, listing)
         summary = report.summary(written, p)

@@ -56,7 +56,7 @@ def tiny_params(**overrides: dict) -> dict:
 
 def stages_run(output: str) -> list[str]:
     """The stages a `dvc repro` or `dvc exp run` output says it ran, but the check stage, which
-    runs every time."""
+    runs whenever a param changes."""
     return [name for name in re.findall(r"Running stage '(\w+)'", output) if name != "check"]
 
 

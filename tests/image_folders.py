@@ -82,8 +82,9 @@ def make_folder(root: Path) -> Path:
 
 
 def add_hostile(root: Path, outside: Path) -> dict[str, str]:
-    """Entries DVC cannot hash (it hangs on a FIFO, fails on a socket or a dangling or looping
-    link) or that lead out of the folder; returns each one's expected reason."""
+    """Entries DVC cannot hash (it hangs on a FIFO, fails on a socket, a device or a dangling or
+    looping link, and a linked folder may lead anywhere) and a link to a file outside the folder,
+    which it can; returns each one's expected reason."""
     os.mkfifo(root / "cat" / "pipe.png")
     with socket.socket(socket.AF_UNIX) as listening:
         listening.bind(str(root / "dog" / "socket.png"))
@@ -98,7 +99,7 @@ def add_hostile(root: Path, outside: Path) -> dict[str, str]:
         "dog/socket.png": "a socket",
         "fish/dangling.png": "a link to missing.png, which does not exist",
         "fish/loop.png": "a link that loops",
-        "everything": "a link to /, outside the folder",
+        "everything": "a link to a folder outside the folder (/)",
         "cat/outside.png": f"a link to {outside}, outside the folder",
         "dog/cats": "a link to a folder",
     }

@@ -33,15 +33,29 @@ def test_what_dvc_cannot_hash_is_skipped_with_a_reason_and_nothing_hangs(tmp_pat
     reasons = add_hostile(root, tmp_path / "elsewhere.png")
     (root / "cat" / "again.png").symlink_to("a.png")  # a link within the folder is followed
     listing = listed_within(root, 10)
-    skipped = {Path(s.path).relative_to(root).as_posix(): s.reason for s in listing.skipped}
+    skipped = {Path(s.path).relative_to(root).as_posix(): s for s in listing.skipped}
+    unhashable = {name for name, s in skipped.items() if not s.hashable}
+    assert unhashable == set(reasons) - {"cat/outside.png"}  # DVC hashes a linked file
     for name, reason in reasons.items():
-        assert reason in skipped.pop(name), (name, skipped)
+        assert reason in skipped.pop(name).reason, (name, skipped)
     assert set(skipped) == {"README.txt"}  # the loose file; bad images are met when decoded
     assert listing.classes["cat"]["again.png"] == listing.classes["cat"]["a.png"]
     assert set(listing.classes) == set(GOOD)
     raw = sources.write_raw(folder_params(root), tmp_path / "raw", listing)
     assert raw.counts == {"cat": 6, "dog": 4, "fish": 4}
     assert {s.path for s in raw.skipped} == {str(root / n) for n in [*reasons, *BAD]}
+
+
+def test_the_check_names_what_dvc_cannot_hash_and_the_fix_in_one_line(tmp_path):
+    root = make_folder(tmp_path / "photos")
+    assert folder.refuse_unhashable(folder.list_folder(str(root))) is None  # bad images: fine
+    reasons = add_hostile(root, tmp_path / "elsewhere.png")
+    with pytest.raises(CnnpipeError) as caught:
+        folder.refuse_unhashable(listed_within(root, 10))
+    message = str(caught.value)
+    assert "\n" not in message and f"holds {len(reasons) - 1} entries DVC cannot hash" in message
+    assert str(root / "cat" / "pipe.png") in message and "a named pipe (FIFO)" in message
+    assert message.endswith("remove them, or point generate.folder at a folder without them")
 
 
 def test_md5s_come_from_the_cache_until_a_file_changes(tmp_path):

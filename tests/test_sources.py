@@ -116,10 +116,11 @@ def test_an_oversized_image_is_skipped_as_too_large_not_as_truncated(tmp_path):
 
 @pytest.mark.e2e
 def test_a_folder_runs_through_dvc_repro_end_to_end(workspace: Project, tmp_path):
-    """Real `dvc repro` on the mixed folder, with entries DVC itself cannot hash (it hangs on a
-    FIFO, fails on a socket or a dangling or looping link): within 2 minutes, every bad entry
-    skipped with its reason. generate depends on the check stage's listing of the folder, so a
-    changed file re-runs it and an unchanged folder re-runs nothing."""
+    """Real `dvc repro` on the mixed folder. With entries DVC itself cannot hash (it hangs on a
+    FIFO, fails on a socket or a dangling or looping link) the check stage stops it with one line
+    within 2 minutes, before DVC reads the folder; without them every bad file is skipped with its
+    reason. The folder is generate's DVC dependency: a changed file re-runs it, an unchanged
+    folder re-runs nothing and `dvc status` says so."""
     root = make_folder(tmp_path / "photos")
     hostile = add_hostile(root, tmp_path / "elsewhere.png")
     project = workspace
@@ -127,14 +128,23 @@ def test_a_folder_runs_through_dvc_repro_end_to_end(workspace: Project, tmp_path
         tiny_params(generate={"source": "folder", "folder": str(root)}, train={"epochs": 2})
     )
     dvc = (sys.executable, "-m", "dvc")
+    refused = project.run(*dvc, "repro", "process", timeout=120, check=False)
+    ours = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+    assert refused.returncode != 0 and len(ours) == 1, refused.stderr
+    assert "DVC cannot hash" in ours[0] and str(root / "cat" / "pipe.png") in ours[0]
+    assert stages_run(refused.stdout) == []
+
+    for name in hostile:
+        if name != "cat/outside.png":  # a link to a file: DVC hashes it, generate skips it
+            (root / name).unlink()
     result = project.run(*dvc, "repro", "process", timeout=120)
     assert stages_run(result.stdout) == ["generate", "process"]
-    for name in [*BAD, *hostile]:
+    for name in [*BAD, "cat/outside.png"]:
         assert f"skipped {root / name}" in result.stdout
 
     report = json.loads((project.root / "metrics/generate/report.json").read_text())
     skipped = {s["path"] for s in report["skipped_files"]}
-    assert skipped == {str(root / n) for n in [*BAD, *hostile]}
+    assert skipped == {str(root / n) for n in [*BAD, "cat/outside.png"]}
     assert (project.root / "metrics/generate/samples.png").stat().st_size > 1000
     split = json.loads((project.root / "metrics/process/split.json").read_text())
     assert {c: sum(split[s][c] for s in split) for c in GOOD} == report["images_per_class"]
@@ -145,9 +155,8 @@ def test_a_folder_runs_through_dvc_repro_end_to_end(workspace: Project, tmp_path
     project.dvc("plots", "show", "-o", str(html))
     assert "samples.png" in (html / "index.html").read_text()
 
-    status = project.run(*dvc, "status", "--json", timeout=60)  # DVC never reads the folder
-    status = json.loads(status.stdout)
-    assert status["check"] == ["always changed"] and not {"generate", "process"} & set(status)
+    status = json.loads(project.run(*dvc, "status", "--json", timeout=60).stdout)
+    assert not {"check", "generate", "process"} & set(status)
     assert stages_run(project.dvc("repro", "process").stdout) == []  # nothing touched, nothing run
     (root / "dog" / "e.png").write_bytes(encode(picture((40, 200, 40), (20, 20), 13), "PNG"))
     assert stages_run(project.dvc("repro", "generate").stdout) == ["generate"]

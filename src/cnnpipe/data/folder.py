@@ -1,15 +1,14 @@
 """An image folder as the pipeline reads it (`generate.source: folder`): one subfolder per class.
 
-DVC cannot hash every folder: a FIFO blocks it forever, a socket or a dangling or looping link
-fails every command. So the folder is no DVC dependency. The check stage lists it on every
-`dvc repro` (`list_folder`) and writes the listing, each file's md5 and each skipped entry with
-its reason, to the file generate depends on: generate re-runs exactly when the listing changes,
-and reads the files it names, checking each one's md5.
+The folder is a DVC dependency of generate, and DVC cannot hash every folder: a FIFO blocks it
+forever; a socket, a device, a dangling or looping link or one that cannot be read fails every
+command; a linked folder may lead anywhere (`/`). The check stage, which DVC runs before it
+hashes generate's dependencies, lists the folder (`list_folder`) and stops with one line on such
+entries (`refuse_unhashable`).
 
-The walk opens nothing but regular files and never leaves the folder: links that point outside
-it or to a folder, FIFOs, sockets, devices and what cannot be listed or read are skipped with a
-reason; hidden files and folders (.DS_Store, .git) are ignored; files outside a class folder are
-skipped.
+The walk opens nothing but regular files and never leaves the folder: what it cannot take is
+skipped with a reason (the data report lists it); hidden files and folders (.DS_Store, .git) are
+ignored; files outside a class folder and links to files outside the folder are skipped.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from pathlib import Path
 
 from cnnpipe.core.dataset import MIN_IMAGES_PER_CLASS
 from cnnpipe.core.errors import CnnpipeError
-from cnnpipe.core.outputs import atomic_path
+from cnnpipe.core.outputs import atomic_path, scratch_dir
 from cnnpipe.core.params import GenerateParams
 from cnnpipe.core.stage import progress
 
@@ -37,6 +36,7 @@ class Skipped:
 
     path: str
     reason: str
+    hashable: bool = True  # False: DVC hangs or fails on it (the check stage refuses it)
 
 
 @dataclass
@@ -46,14 +46,6 @@ class Listing:
     folder: str
     classes: dict[str, dict[str, str]] = field(default_factory=dict)
     skipped: list[Skipped] = field(default_factory=list)
-
-    def to_json(self) -> dict:
-        skipped = [{"path": s.path, "reason": s.reason} for s in self.skipped]
-        return {"folder": self.folder, "classes": self.classes, "skipped": skipped}
-
-    @classmethod
-    def from_json(cls, data: dict) -> Listing:
-        return cls(data["folder"], data["classes"], [Skipped(**s) for s in data["skipped"]])
 
 
 class NotRegular(OSError):
@@ -96,33 +88,40 @@ def _special(mode: int) -> str | None:
     return None
 
 
-def _classify(path: Path, root: Path) -> tuple[str, os.stat_result | None]:
-    """("file" | "folder", stat) for what the walk takes, else (reason, None)."""
+def _classify(path: Path, root: Path) -> tuple[str, os.stat_result | Skipped]:
+    """("file" | "folder", stat) for what the walk takes, else ("skip", why)."""
+
+    def skip(reason: str, hashable: bool = False) -> tuple[str, Skipped]:
+        return "skip", Skipped(str(path), reason, hashable)
+
     try:
         info = path.lstat()
     except OSError as exc:
-        return f"cannot be read ({exc.strerror}); check its permissions", None
+        return skip(f"cannot be read ({exc.strerror}); check its permissions")
     if stat.S_ISLNK(info.st_mode):
         try:
             target = path.resolve(strict=True)
         except FileNotFoundError:
-            return f"a link to {os.readlink(path)}, which does not exist; remove the link", None
+            return skip(f"a link to {os.readlink(path)}, which does not exist; remove the link")
         except (OSError, RuntimeError):
-            return "a link that loops back on itself; remove the link", None
-        if not target.is_relative_to(root):
-            return (
-                f"a link to {target}, outside the folder (links are followed only within it); "
-                "copy the files in, or point generate.folder at a folder that holds them",
-                None,
-            )
+            return skip("a link that loops back on itself; remove the link")
         info = target.stat()
         if stat.S_ISDIR(info.st_mode):
-            return "a link to a folder (not followed: it would count images twice); remove it", None
+            where = "" if target.is_relative_to(root) else f" outside the folder ({target})"
+            return skip(f"a link to a folder{where}; not followed: copy the images in")
+        if not target.is_relative_to(root):
+            return skip(
+                f"a link to {target}, outside the folder (links are followed only within it); "
+                "copy the file in",
+                hashable=True,
+            )
     if stat.S_ISDIR(info.st_mode):
         return "folder", info
     if stat.S_ISREG(info.st_mode):
+        if not os.access(path, os.R_OK):
+            return skip("cannot be read (Permission denied); check its permissions")
         return "file", info
-    return _special(info.st_mode) or "not a regular file; remove it", None
+    return skip(_special(info.st_mode) or "not a regular file; remove it")
 
 
 def _walk(folder: Path, root: Path, skipped: list[Skipped]) -> list[tuple[Path, os.stat_result]]:
@@ -130,7 +129,7 @@ def _walk(folder: Path, root: Path, skipped: list[Skipped]) -> list[tuple[Path, 
     try:
         names = sorted(os.listdir(folder))
     except OSError as exc:
-        skipped.append(Skipped(str(folder), f"cannot be listed ({exc.strerror})"))
+        skipped.append(Skipped(str(folder), f"cannot be listed ({exc.strerror})", hashable=False))
         return []
     files = []
     for name in names:
@@ -143,7 +142,7 @@ def _walk(folder: Path, root: Path, skipped: list[Skipped]) -> list[tuple[Path, 
         elif kind == "file":
             files.append((path, info))
         else:
-            skipped.append(Skipped(str(path), kind))
+            skipped.append(info)
     return files
 
 
@@ -176,13 +175,13 @@ def list_folder(folder: str, hash_cache: Path | None = None) -> Listing:
     for name in names:
         if name.startswith("."):
             continue
-        kind, _ = _classify(root / name, real)
+        kind, info = _classify(root / name, real)
         if kind == "folder":
             found[name] = _walk(root / name, real, listing.skipped)
         elif kind == "file":
             listing.skipped.append(Skipped(str(root / name), "not inside a class folder; move it"))
         else:
-            listing.skipped.append(Skipped(str(root / name), kind))
+            listing.skipped.append(info)
     check_layout(folder, {label: len(files) for label, files in found.items()}, "file(s)")
     cache = _read_cache(hash_cache)
     kept: dict[str, list] = {}
@@ -194,7 +193,8 @@ def list_folder(folder: str, hash_cache: Path | None = None) -> Listing:
             try:
                 md5 = cache[key][1] if cache.get(key, [None])[0] == stamp else _md5(path)
             except OSError as exc:
-                listing.skipped.append(Skipped(str(path), f"cannot be read ({exc.strerror})"))
+                reason = f"cannot be read ({exc.strerror})"
+                listing.skipped.append(Skipped(str(path), reason, hashable=False))
                 continue
             kept[key] = [stamp, md5]
             listing.classes[label][path.relative_to(root / label).as_posix()] = md5
@@ -204,24 +204,33 @@ def list_folder(folder: str, hash_cache: Path | None = None) -> Listing:
     return listing
 
 
-def describe_source(params: GenerateParams, hash_cache: Path | None = None) -> dict:
-    """What the check stage writes for generate to depend on: the source, and for a folder its
-    listing. Equal images give equal bytes, so generate re-runs only when they change."""
+def describe_source(params: GenerateParams) -> dict:
+    """What the check stage writes, and generate depends on: the source the pipeline reads."""
     if params.source != "folder":
         return {"source": params.source}
-    return {"source": "folder", **list_folder(params.folder, hash_cache).to_json()}
+    return {"source": "folder", "folder": params.folder}
 
 
-def read_listing(path: Path, params: GenerateParams) -> Listing:
-    """The listing of generate.folder the check stage wrote to `path`."""
-    stale = f"{path} does not list generate.folder {params.folder!r}; run dvc repro (its check "
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        raise CnnpipeError(stale + "stage writes the listing)") from None
-    if data.get("source") != "folder" or data.get("folder") != params.folder:
-        raise CnnpipeError(stale + "stage writes the listing)")
-    return Listing.from_json(data)
+def refuse_unhashable(listing: Listing, shown: int = 3) -> None:
+    """Stop with one line when the folder holds entries DVC hangs or fails on when it hashes
+    generate's dependencies."""
+    bad = [s for s in listing.skipped if not s.hashable]
+    if not bad:
+        return
+    named = "; ".join(f"{s.path}: {s.reason.split(';')[0]}" for s in bad[:shown])
+    more = f" and {len(bad) - shown} more" if len(bad) > shown else ""
+    entries = "1 entry" if len(bad) == 1 else f"{len(bad)} entries"
+    raise CnnpipeError(
+        f"generate.folder: {listing.folder!r} holds {entries} DVC cannot hash (it hangs on a "
+        f"named pipe, fails on the others): {named}{more}; "
+        "remove them, or point generate.folder at a folder without them"
+    )
+
+
+def hash_cache(root: Path) -> Path | None:
+    """Where the md5s of folder files are kept between runs (outside git-tracked trees)."""
+    scratch = scratch_dir(root)
+    return scratch / "folder-md5.json" if scratch else None
 
 
 def check_layout(folder: str, counts: dict[str, int], what: str) -> None:

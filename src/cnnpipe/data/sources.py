@@ -104,9 +104,7 @@ def _copy_folder(listing: Listing, out: Path, raw: RawData) -> None:
                 raw.skipped.append(Skipped(str(path), f"cannot be read ({exc.strerror})"))
                 continue
             if hashlib.md5(data).hexdigest() != md5:
-                raise CnnpipeError(
-                    f"{path} changed after the check stage listed it; run dvc repro again"
-                )
+                raise CnnpipeError(f"{path} changed while it was being copied; run dvc repro again")
             try:
                 image = check_image(data)
             except preprocess.ImageError as exc:
@@ -129,7 +127,7 @@ def _count(raw: RawData) -> None:
 
 def write_raw(params: GenerateParams, out: Path, listing: Listing | None = None) -> RawData:
     """Write every image of the source under `out`, and labels.csv; return what was written.
-    A folder source copies the files of `listing` (the check stage's; listed now if None)."""
+    A folder source copies the files of `listing` (listed now if None)."""
     raw = RawData()
     out.mkdir(parents=True, exist_ok=True)
     if params.source == "folder":
