@@ -36,6 +36,6 @@ ARCHITECTURES = {
         Architecture(
             "efficientnet_b0", torchvision=True, min_size=32, recipe=Recipe(0.003, 0.05, 20)
         ),
-        Architecture("densenet121", torchvision=True, min_size=32, recipe=Recipe(0.003, 0.05, 20)),
+        Architecture("densenet121", torchvision=True, min_size=32, recipe=Recipe(0.003, 0.05, 30)),
     )
 }
