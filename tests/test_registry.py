@@ -40,8 +40,9 @@ def test_pretrained_without_weights_gives_a_clear_error(monkeypatch):
 
 def test_resnet18_blocks_start_as_the_identity():
     model = registry.build("resnet18", 1, 5, 32)
-    last_norms = [block.bn2.weight for layer in range(1, 5) for block in model.get_submodule(
-        f"layer{layer}")]
+    last_norms = [
+        block.bn2.weight for layer in range(1, 5) for block in model.get_submodule(f"layer{layer}")
+    ]
     assert len(last_norms) == 8 and all(torch.count_nonzero(w) == 0 for w in last_norms)
     assert torch.count_nonzero(model.bn1.weight) == 64  # the stem is untouched
 

@@ -105,7 +105,7 @@ class TrainParams(Section):
     step_size: int = Field(default=5, ge=1)  # step schedule: epochs per step
     gamma: float = Field(default=0.1, gt=0.0, le=1.0)  # step schedule: factor per step
     label_smoothing: float = Field(default=0.1, ge=0.0, lt=1.0)
-    ema_decay: float = Field(default=0.99, ge=0.0, lt=1.0)  # moving average of the weights; 0: off
+    ema_decay: float = Field(default=0.0, ge=0.0, lt=1.0)  # moving average of the weights; 0: off
     class_weight: Literal["none", "balanced"] = "none"  # balanced: rare classes weigh more
     seed: Seed = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
