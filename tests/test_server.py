@@ -250,4 +250,4 @@ def test_serve_without_the_model_fails_with_one_line(tmp_path):
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert "dvc repro" in lines[0] and "bentoml import" in lines[0]
+    assert "dvc repro" in lines[0] and 'bentoml models import "$PWD/models/bento/' in lines[0]

@@ -33,7 +33,7 @@ from cnnpipe.serve.bentoml_io import OnePrediction, PredictBatchInput, PredictIn
 from cnnpipe.serve.contract import Docs, Prediction, ServedModel
 from cnnpipe.serve.decoding import Image
 from cnnpipe.serve.limits import Rebalance, RequestLimits
-from cnnpipe.serve.packaging import NAME
+from cnnpipe.serve.packaging import MODEL_ARCHIVE, NAME
 from cnnpipe.serve.settings import settings_from_env
 from cnnpipe.serve.uploads import Uploads
 
@@ -49,7 +49,7 @@ class StoredModel(bentoml.models.BentoModel):
         return NotFound(
             f"model {self.tag} is not in the BentoML store "
             f"({os.environ.get('BENTOML_HOME', '~/bentoml')}); run `dvc repro` in the project "
-            f"root, or `bentoml import models/bento/{NAME}.bento`"
+            f'root, or `bentoml models import "$PWD/models/bento/{MODEL_ARCHIVE}"` there'
         )
 
     def to_info(self, alias: str | None = None) -> t.Any:
