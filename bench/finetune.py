@@ -7,7 +7,7 @@ model on that folder twice per seed, from scratch (`train.init_from: checkpoints
 checkpoint (`train.init_from: <its path>`), with the same default params and epochs. It prints
 each run's test accuracy and the mean over seeds.
 
-    python bench/finetune.py                                   # lenet5: shapes -> 50 digits/class
+    python bench/finetune.py                                   # lenet5: shapes -> 20 digits/class
     python bench/finetune.py --model resnet18 --seeds 0 1 2
 """
 
@@ -40,8 +40,8 @@ def main() -> None:
     parser.add_argument("--model", default="lenet5", choices=MODELS)
     parser.add_argument("--pretrain", default="shapes", help="the checkpoint's source")
     parser.add_argument("--small", default="digits", help="the source of the small folder")
-    parser.add_argument("--per-class", type=int, default=50)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--per-class", type=int, default=20)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     args = parser.parse_args()
 
     base = Path(tempfile.mkdtemp(prefix="cnnpipe-finetune-"))
