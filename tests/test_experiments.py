@@ -32,13 +32,10 @@ GATE = ("-m", "cnnpipe.gate", "--rev", "HEAD", "--metric", "test_accuracy", "--m
 
 @pytest.fixture(scope="module")
 def experiments(reproduced: Project, tmp_path_factory) -> tuple[Project, dict]:
-    """From the reproduced baseline: one experiment through the queue, whose worker runs while
-    the others do; a deliberately worse workspace experiment (gated); back to the baseline
-    (gated); then one experiment in a temporary copy."""
+    """From the reproduced baseline: a deliberately worse workspace experiment (gated); back to
+    the baseline (gated); then one experiment in a temporary copy and one through the queue."""
     project = clone(reproduced, tmp_path_factory.mktemp("experiments") / "repo")
     gates = {}
-    project.dvc("exp", "run", "--queue", "-n", "queued-sgd", "-S", "train.optimizer=sgd")
-    project.dvc("queue", "start")
     project.dvc(
         "exp", "run", "-n", "worse", "-S", "train.learning_rate=1e-6", "-S", "train.epochs=1"
     )
@@ -47,6 +44,8 @@ def experiments(reproduced: Project, tmp_path_factory) -> tuple[Project, dict]:
     project.dvc("checkout", "--force")
     gates["unchanged"] = project.run(sys.executable, *GATE, check=False)
     project.dvc("exp", "run", "--temp", "-n", "in-temp", "-S", "train.batch_size=4")
+    project.dvc("exp", "run", "--queue", "-n", "queued-sgd", "-S", "train.optimizer=sgd")
+    project.dvc("queue", "start")
     status = wait_for_queue(project)
     assert "Failed" not in status, project.dvc("queue", "logs", "queued-sgd", check=False).stdout
     return project, gates
