@@ -9,6 +9,7 @@ each run's test accuracy and the mean over seeds.
 
     python bench/finetune.py                                   # lenet5: shapes -> 20 digits/class
     python bench/finetune.py --model resnet18 --seeds 0 1 2
+    python bench/finetune.py --small shapes --small-classes ellipse pentagon cross --per-class 60
 """
 
 from __future__ import annotations
@@ -25,9 +26,14 @@ from quality import MODELS, repro, scratch_copy, set_params, training_record
 from cnnpipe.core.dataset import IMAGES_DIR
 
 
-def small_folder(root: Path, source: str, per_class: int, dest: Path) -> None:
-    """The first `per_class` images of each class that `source`'s generate stage writes."""
+def small_folder(
+    root: Path, source: str, per_class: int, dest: Path, classes: list[str] | None = None
+) -> None:
+    """The first `per_class` images of each class that `source`'s generate stage writes (for
+    shapes, of `classes` if given)."""
     set_params(root, {"generate.source": source})
+    if classes:
+        set_params(root, {"generate.classes": "[" + ", ".join(classes) + "]"})
     repro(root, "generate")
     for label_dir in sorted((root / "data/raw" / IMAGES_DIR).iterdir()):
         (dest / label_dir.name).mkdir(parents=True)
@@ -41,6 +47,7 @@ def main() -> None:
     parser.add_argument("--pretrain", default="shapes", help="the checkpoint's source")
     parser.add_argument("--small", default="digits", help="the source of the small folder")
     parser.add_argument("--per-class", type=int, default=20)
+    parser.add_argument("--small-classes", nargs="+", help="shapes of the small folder")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     args = parser.parse_args()
 
@@ -54,7 +61,7 @@ def main() -> None:
     checkpoint = base / "checkpoint.pt"
     shutil.copy2(root / "models/model.pt", checkpoint)
     folder = base / "small"
-    small_folder(root, args.small, args.per_class, folder)
+    small_folder(root, args.small, args.per_class, folder, args.small_classes)
     set_params(root, {"generate.source": "folder", "generate.folder": str(folder)})
 
     rows: dict[str, list[float]] = {"scratch": [], "checkpoint": []}
@@ -72,7 +79,8 @@ def main() -> None:
     sizes = {part: sum(counts.values()) for part, counts in split.items()}
     print(
         f"\n{args.model}: checkpoint trained on {args.pretrain} (test accuracy {before:.4f}); "
-        f"small folder: {args.per_class} {args.small} images per class, split {sizes}; "
+        f"small folder: {args.per_class} {args.small} images per class "
+        f"({', '.join(args.small_classes or ['its classes'])}), split {sizes}; "
         f"{epochs['scratch']['epochs_run']} epochs each, default params"
     )
     print("| start | " + " | ".join(f"seed {s}" for s in args.seeds) + " | mean |")
