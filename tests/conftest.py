@@ -4,6 +4,7 @@ project for the whole session, clones of it that share its DVC cache, and a real
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import shutil
@@ -42,6 +43,21 @@ TINY = {
     "package": {"build": False},  # the packaging tests build bentos; nothing else needs one
 }
 STAGES = ["generate", "process", "train", "evaluate", "package"]
+DETERMINISTIC_STAGES = ("generate", "process", "train", "evaluate")  # package: a build time
+
+
+def other_machine_environment() -> dict[str, str]:
+    """What other machines look like to torch: another instruction set (AVX-512 where this CPU
+    has it, else plain scalar code), another thread count."""
+    from cnnpipe.core import kernels
+
+    return {
+        "ATEN_CPU_CAPABILITY": "avx512" if "avx512f" in (kernels.cpu_flags() or ()) else "default",
+        "ONEDNN_MAX_CPU_ISA": "SSE41",
+        "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
 
 
 def tiny_params(**overrides: dict) -> dict:
@@ -58,6 +74,49 @@ def stages_run(output: str) -> list[str]:
     """The stages a `dvc repro` or `dvc exp run` output says it ran, but the check stage, which
     runs whenever a param changes."""
     return [name for name in re.findall(r"Running stage '(\w+)'", output) if name != "check"]
+
+
+def out_hashes(project: Project) -> dict[str, str]:
+    """{out path: md5} in dvc.lock of every output of the stages that must be byte-identical
+    (metrics and plots outs included)."""
+    lock = yaml.safe_load((project.root / "dvc.lock").read_text())
+    return {
+        out["path"]: out["md5"]
+        for name in DETERMINISTIC_STAGES
+        for out in lock["stages"][name]["outs"]
+    }
+
+
+def tracked_runs(project: Project) -> dict[str, t.Any]:
+    """{run name: MLflow run} of the cnnpipe experiment in a project's own store."""
+    import mlflow
+
+    from cnnpipe.tracking import EXPERIMENT
+
+    client = mlflow.MlflowClient(f"sqlite:///{project.root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    return {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+
+
+def assert_tracked_experiment(run: t.Any, name: str) -> None:
+    """A `dvc exp run -n name` landed in the store: train's and evaluate's metrics, the model's
+    hash, the git commit and the experiment's name."""
+    from cnnpipe.tracking import MODEL_HASH_TAG
+
+    metrics = {"val_accuracy", "train_loss", "test_accuracy", "test_f1_macro"}
+    assert metrics <= set(run.data.metrics), name
+    assert run.data.tags[MODEL_HASH_TAG] and run.data.tags["git_commit"] != "unknown"
+    assert run.data.tags["dvc_exp_name"] == name
+
+
+def shown_experiments(project: Project) -> dict[str, dict]:
+    """{experiment name: its data} as `dvc exp show --json` gives them."""
+    shown = json.loads(project.dvc("exp", "show", "--json").stdout)
+    return {
+        exp["name"]: exp["revs"][0]["data"]
+        for rev in shown
+        for exp in (rev.get("experiments") or [])
+    }
 
 
 def encode(image: Image.Image, fmt: str = "PNG", **options) -> bytes:
@@ -222,6 +281,13 @@ def run_stage(name: str, params: dict, cwd: Path, *paths: str) -> subprocess.Com
     )
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules with end-to-end tests first, so that spread over pytest-xdist's workers (a module
+    at a time, in this order) the long ones start at once and the quick ones fill in the end."""
+    e2e = {item.path for item in items if item.get_closest_marker("e2e")}
+    items.sort(key=lambda item: item.path not in e2e)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def isolated_stores(tmp_path_factory) -> Iterator[None]:
     """Keep this process's BentoML store and MLflow runs out of the user's home and project."""
@@ -231,6 +297,18 @@ def isolated_stores(tmp_path_factory) -> Iterator[None]:
         patch.setenv("BENTOML_DO_NOT_TRACK", "True")
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
         yield
+
+
+@pytest.fixture(autouse=True)
+def mlflow_uri_restored() -> Iterator[None]:
+    """`mlflow.set_tracking_uri`, which in-process tracking calls, sets a process-wide URI that
+    outranks MLFLOW_TRACKING_URI (and sets that variable too): each test leaves neither set."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if (mlflow := sys.modules.get("mlflow")) is not None:
+        mlflow.set_tracking_uri(None)  # back to reading MLFLOW_TRACKING_URI
+    if before is not None:
+        os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 @pytest.fixture(scope="session")

@@ -1,114 +1,141 @@
-"""Experiments end to end: `dvc repro`, `dvc exp run` (workspace, --temp, --queue) and the gate,
-all tracked into the project's own MLflow store."""
+"""A workspace experiment end to end: `dvc exp run` with worse params, the gate and the
+pull-request report on it against the committed baseline, `dvc repro` back at the baseline's
+params answered from the run-cache, and the run tracked into the project's own MLflow store.
+(Experiments in temporary copies and the queue: test_queue.py.)"""
 
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 import sys
-import time
+import typing as t
+from pathlib import Path
 
-import mlflow
 import pytest
-import torch
-from conftest import Project, clone
+from conftest import (
+    Project,
+    assert_tracked_experiment,
+    clone,
+    out_hashes,
+    shown_experiments,
+    stages_run,
+    tracked_runs,
+)
+from PIL import Image
 
-from cnnpipe.tracking import EXPERIMENT, MODEL_HASH_TAG
+from cnnpipe import report
 
 pytestmark = pytest.mark.e2e
-
-
-def wait_for_queue(project: Project, timeout: float = 600) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = project.dvc("queue", "status").stdout
-        if "Queued" not in status and "Running" not in status:
-            return status
-        time.sleep(2)
-    raise AssertionError(f"the queue did not finish:\n{status}")
 
 
 GATE = ("-m", "cnnpipe.gate", "--rev", "HEAD", "--metric", "test_accuracy", "--max-drop", "0.02")
 
 
+class Experiments(t.NamedTuple):
+    project: Project
+    gates: dict[str, subprocess.CompletedProcess]  # "worse", "unchanged": the gate's run
+    report: Path  # the report's folder, written on the worse workspace against HEAD
+    worse: dict  # the worse workspace's test metrics
+    curves: list[dict]  # `dvc plots diff HEAD`'s loss data points there
+    restored: str  # `dvc repro`'s output back at HEAD's params
+
+
 @pytest.fixture(scope="module")
-def experiments(reproduced: Project, tmp_path_factory) -> tuple[Project, dict]:
-    """From the reproduced baseline: a deliberately worse workspace experiment (gated); back to
-    the baseline (gated); then one experiment in a temporary copy and one through the queue."""
-    project = clone(reproduced, tmp_path_factory.mktemp("experiments") / "repo")
+def experiments(reproduced: Project, tmp_path_factory) -> Experiments:
+    """From the reproduced baseline: a deliberately worse workspace experiment (gated and
+    reported); then back to the baseline's params (`dvc repro`, gated)."""
+    root = tmp_path_factory.mktemp("experiments")
+    project = clone(reproduced, root / "repo")
     gates = {}
     project.dvc(
         "exp", "run", "-n", "worse", "-S", "train.learning_rate=1e-6", "-S", "train.epochs=1"
     )
     gates["worse"] = project.run(sys.executable, *GATE, check=False)
+    written = project.run(
+        sys.executable, "-m", "cnnpipe.report", "--rev", "HEAD", "--out", str(root / "report")
+    )
+    assert f"report: {root / 'report' / 'report.md'}" in written.stdout
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(project.root)
+        curves = report.plots_diff("HEAD", root / "plots-diff")["Loss"]
+    worse = json.loads((project.root / "metrics/evaluate/metrics.json").read_text())
     project.run("git", "checkout", "--", ".")
-    project.dvc("checkout", "--force")
+    restored = project.dvc("repro")
     gates["unchanged"] = project.run(sys.executable, *GATE, check=False)
-    project.dvc("exp", "run", "--temp", "-n", "in-temp", "-S", "train.batch_size=4")
-    project.dvc("exp", "run", "--queue", "-n", "queued-sgd", "-S", "train.optimizer=sgd")
-    project.dvc("queue", "start")
-    status = wait_for_queue(project)
-    assert "Failed" not in status, project.dvc("queue", "logs", "queued-sgd", check=False).stdout
-    return project, gates
+    output = restored.stdout + restored.stderr
+    return Experiments(project, gates, root / "report", worse, curves, output)
 
 
-def mlflow_runs(project: Project) -> dict[str, mlflow.entities.Run]:
-    client = mlflow.MlflowClient(f"sqlite:///{project.root / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name(EXPERIMENT)
-    return {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
-
-
-def test_every_launch_lands_in_the_project_store(experiments):
-    runs = mlflow_runs(experiments[0])
-    assert set(runs) == {"worse", "in-temp", "queued-sgd"}
+def test_the_experiment_lands_in_the_project_store_and_restoring_adds_no_run(experiments):
+    runs = tracked_runs(experiments.project)
+    assert set(runs) == {"worse"}
     assert runs["worse"].data.params["train.epochs"] == "1"
-    assert runs["in-temp"].data.params["train.batch_size"] == "4"
-    assert runs["queued-sgd"].data.params["train.optimizer"] == "sgd"
     assert runs["worse"].data.params["generate.classes"] == "circle,square,triangle"
-    for name, run in runs.items():
-        assert {"val_accuracy", "train_loss", "test_accuracy", "test_f1_macro"} <= set(
-            run.data.metrics
-        ), name
-        assert run.data.tags[MODEL_HASH_TAG] and run.data.tags["git_commit"] != "unknown"
-        assert run.data.tags["dvc_exp_name"] == name
-
-
-def test_runs_carry_the_evaluation_and_the_model(experiments, monkeypatch):
-    uri = f"sqlite:///{experiments[0].root / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    run = mlflow_runs(experiments[0])["queued-sgd"]
-    client = mlflow.MlflowClient(uri)
-    files = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
-    assert files == {
-        "evaluation/confusion_matrix.png",
-        "evaluation/misclassified.png",
-        "evaluation/per_class.json",
-    }
-    model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
-    assert model(torch.zeros(1, 1, 32, 32)).shape == (1, 3)
+    assert_tracked_experiment(runs["worse"], "worse")
 
 
 def test_the_mlflow_numbers_match_the_dvc_metrics(experiments):
-    project = experiments[0]
-    shown = json.loads(project.dvc("exp", "show", "--json").stdout)
-    by_name = {
-        exp["name"]: exp["revs"][0]["data"]
-        for rev in shown
-        for exp in (rev.get("experiments") or [])
-    }
-    assert {"worse", "queued-sgd", "in-temp"} <= set(by_name)
-    runs = mlflow_runs(project)
-    for name in ("worse", "queued-sgd", "in-temp"):
-        dvc_metrics = by_name[name]["metrics"]["metrics/evaluate/metrics.json"]["data"]
-        assert dvc_metrics["test_accuracy"] == pytest.approx(
-            runs[name].data.metrics["test_accuracy"], abs=1e-6
-        )
+    shown = shown_experiments(experiments.project)["worse"]
+    tracked = tracked_runs(experiments.project)["worse"].data.metrics
+    dvc_metrics = shown["metrics"]["metrics/evaluate/metrics.json"]["data"]
+    assert dvc_metrics["test_accuracy"] == pytest.approx(tracked["test_accuracy"], abs=1e-6)
+    assert dvc_metrics == experiments.worse
 
 
 def test_the_gate_passes_unchanged_and_fails_a_worse_model(experiments):
-    gates = experiments[1]
+    gates = experiments.gates
     unchanged, worse = gates["unchanged"], gates["worse"]
     assert unchanged.returncode == 0, unchanged.stdout + unchanged.stderr
     assert "gate passed" in unchanged.stdout
     assert "| metrics/evaluate/metrics.json | test_accuracy |" in unchanged.stdout
     assert worse.returncode == 1, worse.stdout + worse.stderr
     assert "gate FAILED" in worse.stdout and "test_accuracy dropped" in worse.stdout
+
+
+def test_back_at_the_baseline_params_the_run_cache_restores_instead_of_training(
+    experiments, reproduced
+):
+    output = experiments.restored
+    assert stages_run(output) == [], output
+    for name in ("train", "package"):
+        assert re.search(rf"Stage '{name}' is cached - skipping run", output), output
+    assert out_hashes(experiments.project) == out_hashes(reproduced)
+
+
+def test_the_report_holds_the_diff_tables_the_verdict_and_both_revisions_images(
+    experiments, reproduced
+):
+    """The pull-request report on the worse workspace against the committed baseline (HEAD)."""
+    text = (experiments.report / "report.md").read_text()
+    assert re.search(r"\| params.yaml \| train.epochs +\| 8 +\| 1 +\|", text), text
+    old = json.loads((reproduced.root / "metrics/evaluate/metrics.json").read_text())
+    new = experiments.worse
+    row = (
+        f"| metrics/evaluate/metrics.json | test_accuracy | {old['test_accuracy']:.4f} | "
+        f"{new['test_accuracy']:.4f} |"
+    )
+    assert row in text
+    passed = old["test_accuracy"] - new["test_accuracy"] <= 0.02
+    assert f"**Gate {'passed' if passed else 'FAILED'}**" in text
+    assert (experiments.gates["worse"].returncode == 0) == passed  # as the gate itself says
+    assert "| metrics/train/metrics.json | best_epoch |" in text
+
+    images = re.findall(r"!\[\]\(([^)]+)\)", text)
+    assert images[:2] == ["plots/loss.png", "plots/accuracy.png"]
+    for kind in ("confusion_matrix", "misclassified"):
+        assert {
+            rev
+            for rev in ("HEAD", "workspace")
+            if f"plots/{rev}_metrics_evaluate_plots_images_{kind}.png" in images
+        } == {"HEAD", "workspace"}
+    for image in images:
+        with Image.open(experiments.report / image) as picture:
+            assert picture.format == "PNG" and picture.width > 100
+
+    # The curves are drawn from both revisions' data points, as `dvc plots diff` gives them.
+    rows = experiments.curves[0]["anchor_definitions"]["<DVC_METRIC_DATA>"]
+    assert {(r["rev"], r["filename::field"].split("::")[1]) for r in rows} == {
+        (rev, field) for rev in ("HEAD", "workspace") for field in ("train_loss", "val_loss")
+    }
+    assert len([r for r in rows if r["rev"] == "workspace"]) == 2 * 1  # two series, 1 epoch

@@ -3,30 +3,19 @@ so a stage gives the same bits whatever the machine's instruction set and its en
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import REPO, Project, tiny_params
+from conftest import REPO, other_machine_environment, tiny_params
 
 from cnnpipe.core import kernels
 from cnnpipe.core.errors import CnnpipeError
 
-# What other machines look like to torch: another instruction set (AVX-512 where this CPU has it,
-# else plain scalar code), another thread count.
-HOSTILE = {
-    "ATEN_CPU_CAPABILITY": "avx512" if "avx512f" in (kernels.cpu_flags() or ()) else "default",
-    "ONEDNN_MAX_CPU_ISA": "SSE41",
-    "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",
-    "OMP_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-}
+HOSTILE = other_machine_environment()
 
 
 def test_portable_pins_the_x86_64_baseline_and_the_thread_count():
@@ -104,51 +93,3 @@ def test_the_package_stage_pins_before_torch_loads(tmp_path):
     assert threads == "2"
     if expected and "avx2" in (kernels.cpu_flags() or {"avx2"}):
         assert capability == expected
-
-
-def md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
-
-
-def lock_md5(project: Project, stage: str, path: str) -> str:
-    lock = yaml.safe_load((project.root / "dvc.lock").read_text())
-    return next(o["md5"] for o in lock["stages"][stage]["outs"] if o["path"] == path)
-
-
-def run_stages(project: Project, env: dict, *stages: str) -> None:
-    """Run stage commands as dvc.yaml gives them, without DVC, in this environment."""
-    commands = yaml.safe_load((project.root / "dvc.lock").read_text())["stages"]
-    for stage in stages:
-        done = subprocess.run(
-            commands[stage]["cmd"].split(),
-            cwd=project.root,
-            env={**project.env, **env},
-            capture_output=True,
-            text=True,
-        )
-        assert done.returncode == 0, done.stderr
-
-
-@pytest.mark.e2e
-def test_the_train_stage_writes_the_same_bytes_whatever_the_environment_says(workspace: Project):
-    """The stages run with other instruction sets and thread counts in their environment, as
-    on other machines: the model and the test metrics are the ones `dvc repro` locked."""
-    project = workspace
-    model_file = project.root / "models/model.pt"
-    scores = project.root / "metrics/evaluate/metrics.json"
-    locked = (
-        lock_md5(project, "train", "models/model.pt"),
-        lock_md5(project, "evaluate", "metrics/evaluate/metrics.json"),
-    )
-    weights = torch.load(model_file, weights_only=True)["state_dict"]
-    model_file.unlink()
-    run_stages(project, HOSTILE, "train", "evaluate")
-    assert (md5(model_file), md5(scores)) == locked
-    assert json.loads(scores.read_text())["test_accuracy"] > 1 / 3
-
-    # The control: in machine mode the same environment does change the weights.
-    project.write_params(tiny_params(train={"determinism": "machine"}))
-    run_stages(project, HOSTILE, "train")
-    unpinned = torch.load(model_file, weights_only=True)
-    assert unpinned["params"]["determinism"] == "machine"
-    assert any(not torch.equal(weights[k], unpinned["state_dict"][k]) for k in weights)

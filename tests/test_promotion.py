@@ -62,12 +62,8 @@ def test_a_passing_gate_promotes_the_model_and_champion_loads(
     )
     assert client.get_registered_model(REGISTERED_MODEL).aliases == {CHAMPION: 1}
 
-    previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)  # as a user would, before loading from the registry
-    try:
-        champion = mlflow.pytorch.load_model(f"models:/{REGISTERED_MODEL}@{CHAMPION}")
-    finally:
-        mlflow.set_tracking_uri(previous)
+    champion = mlflow.pytorch.load_model(f"models:/{REGISTERED_MODEL}@{CHAMPION}")
     card = checkpoint.card_of(checkpoint.read(workspace.root / "models/model.pt"))
     test = read_split(workspace.root / "data/processed", "test")
     with torch.no_grad():
