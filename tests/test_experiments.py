@@ -39,12 +39,13 @@ class Experiments(t.NamedTuple):
     worse: dict  # the worse workspace's test metrics
     curves: list[dict]  # `dvc plots diff HEAD`'s loss data points there
     restored: str  # `dvc repro`'s output back at HEAD's params
+    git_status: str  # `git status --porcelain` then
 
 
 @pytest.fixture(scope="module")
 def experiments(reproduced: Project, tmp_path_factory) -> Experiments:
     """From the reproduced baseline: a deliberately worse workspace experiment (gated and
-    reported); then back to the baseline's params (`dvc repro`, gated)."""
+    reported); then params.yaml back as committed and `dvc repro` (gated)."""
     root = tmp_path_factory.mktemp("experiments")
     project = clone(reproduced, root / "repo")
     gates = {}
@@ -60,11 +61,12 @@ def experiments(reproduced: Project, tmp_path_factory) -> Experiments:
         patch.chdir(project.root)
         curves = report.plots_diff("HEAD", root / "plots-diff")["Loss"]
     worse = json.loads((project.root / "metrics/evaluate/metrics.json").read_text())
-    project.run("git", "checkout", "--", ".")
+    project.run("git", "checkout", "--", "params.yaml")
     restored = project.dvc("repro")
+    git_status = project.run("git", "status", "--porcelain").stdout
     gates["unchanged"] = project.run(sys.executable, *GATE, check=False)
     output = restored.stdout + restored.stderr
-    return Experiments(project, gates, root / "report", worse, curves, output)
+    return Experiments(project, gates, root / "report", worse, curves, output, git_status)
 
 
 def test_the_experiment_lands_in_the_project_store_and_restoring_adds_no_run(experiments):
@@ -98,9 +100,10 @@ def test_back_at_the_baseline_params_the_run_cache_restores_instead_of_training(
 ):
     output = experiments.restored
     assert stages_run(output) == [], output
-    for name in ("train", "package"):
+    for name in ("train", "evaluate", "package"):
         assert re.search(rf"Stage '{name}' is cached - skipping run", output), output
     assert out_hashes(experiments.project) == out_hashes(reproduced)
+    assert experiments.git_status == ""  # dvc.lock and the reports as committed
 
 
 def test_the_report_holds_the_diff_tables_the_verdict_and_both_revisions_images(
