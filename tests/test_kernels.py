@@ -15,8 +15,6 @@ from conftest import REPO, other_machine_environment, tiny_params
 from cnnpipe.core import kernels
 from cnnpipe.core.errors import CnnpipeError
 
-HOSTILE = other_machine_environment()
-
 
 def test_portable_pins_the_x86_64_baseline_and_the_thread_count():
     env = kernels.environment("portable", 2, machine="x86_64", flags={"avx2", "fma", "sse2"})
@@ -78,7 +76,7 @@ def test_the_package_stage_pins_before_torch_loads(tmp_path):
     evaluate: the bytes test below)."""
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(train={"num_threads": 2})))
     script = str(REPO / "stages" / "package.py")
-    env = {**os.environ, **HOSTILE, "PYTHONPATH": str(REPO / "src")}
+    env = {**os.environ, **other_machine_environment(), "PYTHONPATH": str(REPO / "src")}
     probe = subprocess.run(
         [sys.executable, "-c", PROBE, script],
         cwd=tmp_path,
