@@ -65,9 +65,9 @@ def main(model_file: Path, processed: Path, test_metrics: Path, bentofile: Path,
         # what `bentoml models import` reads where the store lacks the model (after `dvc pull`)
         packaging.export_model(model_tag, tmp / packaging.MODEL_ARCHIVE)
         if p.build:
-            record["bento"] = packaging.build_bento(bentofile, version, model_tag)
-            packaging.export_bento(record["bento"], tmp / f"{packaging.NAME}.bento")
-            stage.progress(f"package: bento {record['bento']} -> {out}")
+            record["bento"] = bento = packaging.build_bento(bentofile, version, model_tag)
+            packaging.export_bento(bento, tmp / f"{packaging.NAME}.bento")
+            stage.progress(f"package: bento {bento} -> {out}")
         write_json(tmp / packaging.TAGS_FILE.name, record)
 
 

@@ -53,7 +53,8 @@ def pipeline_params(path: Path = Path("params.yaml")) -> dict[str, Any]:
     Read as plain YAML: logging the other stages' params does not make them inputs of this one
     (DVC re-runs a stage only for its own section, so that is all a stage may compute from).
     """
-    return flatten(read_yaml(path) or {})
+    raw = read_yaml(path)  # a mapping once the stage has validated it; None when empty
+    return flatten(raw if isinstance(raw, Mapping) else {})
 
 
 def dvc_tags() -> dict[str, str]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -51,7 +52,7 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 REQUIRED_FLAGS = {"x86_64": {"avx2", "fma"}, "amd64": {"avx2", "fma"}}
 
 
-def process_threads(threads: int, env: dict[str, str] | None = None) -> int:
+def process_threads(threads: int, env: Mapping[str, str] | None = None) -> int:
     """Threads for each process: `threads` is the whole training's, shared by the processes
     torchrun started on this node (LOCAL_WORLD_SIZE); 0 stays 0 (torch's default)."""
     env = os.environ if env is None else env

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import ErrorDetails
 
 from cnnpipe.core.architectures import ARCHITECTURES
 from cnnpipe.core.errors import CnnpipeError
@@ -26,7 +27,8 @@ MODELS = tuple(ARCHITECTURES)
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 # What every random generator used takes (numpy's legacy seed is the narrowest).
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
-AUTO = "auto"  # a train value taken from the architecture's recipe (cnnpipe.core.architectures)
+# a train value taken from the architecture's recipe (cnnpipe.core.architectures)
+AUTO: Final = "auto"
 Auto = Literal["auto"]
 
 
@@ -175,7 +177,7 @@ class ParamsError(CnnpipeError):
     """params.yaml holds a value the schema does not allow."""
 
 
-def _describe(error: dict) -> str:
+def _describe(error: ErrorDetails) -> str:
     loc = error["loc"]
     if len(loc) > 2 and loc[-1] == f"literal[{AUTO!r}]":
         return ""  # the other member of the union (a number, or auto) says it

@@ -82,9 +82,9 @@ def _decoded(
         ) from None
     except Image.DecompressionBombError as exc:  # PIL's own limit, met before the size is known
         pixels = re.search(r"\d+", str(exc))
-        size = f"{pixels.group()} pixels" if pixels else "larger than PIL decodes"
+        found = f"{pixels.group()} pixels" if pixels else "larger than PIL decodes"
         raise ImageError(
-            f"the image is {size}, over the limit of {max_pixels}; send a smaller image"
+            f"the image is {found}, over the limit of {max_pixels}; send a smaller image"
         ) from None
     except (FileNotFoundError, PermissionError) as exc:
         raise ImageError(f"the file cannot be read ({exc.strerror})") from None

@@ -65,7 +65,7 @@ def uninterrupted() -> Iterator[None]:
         raise Terminated("stopped by SIGTERM")
 
 
-def _rearm_if_swallowed(unraisable: object) -> None:
+def _rearm_if_swallowed(unraisable: sys.UnraisableHookArgs) -> None:
     """A Terminated raised inside a finalizer (__del__, a weakref callback) is dropped by
     Python; ask again, from outside it."""
     if getattr(unraisable, "exc_type", None) is not Terminated:

@@ -137,12 +137,12 @@ def _walk(folder: Path, root: Path, skipped: list[Skipped]) -> list[tuple[Path, 
             continue
         path = folder / name
         kind, info = _classify(path, root)
-        if kind == "folder":
-            files.extend(_walk(path, root, skipped))
-        elif kind == "file":
-            files.append((path, info))
-        else:
+        if isinstance(info, Skipped):
             skipped.append(info)
+        elif kind == "folder":
+            files.extend(_walk(path, root, skipped))
+        else:
+            files.append((path, info))
     return files
 
 
@@ -176,12 +176,12 @@ def list_folder(folder: str, hash_cache: Path | None = None) -> Listing:
         if name.startswith("."):
             continue
         kind, info = _classify(root / name, real)
-        if kind == "folder":
-            found[name] = _walk(root / name, real, listing.skipped)
-        elif kind == "file":
-            listing.skipped.append(Skipped(str(root / name), "not inside a class folder; move it"))
-        else:
+        if isinstance(info, Skipped):
             listing.skipped.append(info)
+        elif kind == "folder":
+            found[name] = _walk(root / name, real, listing.skipped)
+        else:
+            listing.skipped.append(Skipped(str(root / name), "not inside a class folder; move it"))
     check_layout(folder, {label: len(files) for label, files in found.items()}, "file(s)")
     cache = _read_cache(hash_cache)
     kept: dict[str, list] = {}

@@ -4,6 +4,8 @@ Which architectures exist, and what each needs of its input, is cnnpipe.core.arc
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -62,32 +64,36 @@ def _adapt_first_conv(model: nn.Module, in_channels: int) -> None:
     """Make the model's first convolution read `in_channels` inputs."""
     name = first_conv_name(model)
     conv = model.get_submodule(name)
+    assert isinstance(conv, nn.Conv2d)  # first_conv_name found it by this type
     if conv.in_channels == in_channels:
         return
     new = nn.Conv2d(
         in_channels,
         conv.out_channels,
-        kernel_size=conv.kernel_size,
-        stride=conv.stride,
-        padding=conv.padding,
+        kernel_size=conv.kernel_size,  # type: ignore[arg-type]  # a 2-tuple in a Conv2d
+        stride=conv.stride,  # type: ignore[arg-type]  # a 2-tuple in a Conv2d
+        padding=conv.padding,  # type: ignore[arg-type]  # a 2-tuple or a name in a Conv2d
         bias=conv.bias is not None,
     )
     with torch.no_grad():
         new.weight.copy_(adapt_filters(conv.weight, in_channels))
-        if conv.bias is not None:
+        if conv.bias is not None and new.bias is not None:
             new.bias.copy_(conv.bias)
     _set_module(model, name, new)
 
 
 def _replace_head(model: nn.Module, num_classes: int) -> None:
     head = head_name(model)
-    _set_module(model, head, nn.Linear(model.get_submodule(head).in_features, num_classes))
+    linear = model.get_submodule(head)
+    assert isinstance(linear, nn.Linear)  # head_name found it by this type
+    _set_module(model, head, nn.Linear(linear.in_features, num_classes))
 
 
 def _small_head(model: nn.Module) -> None:
     """The head drawn from N(0, 0.01), bias 0: logits near zero at the start. (EfficientNet's own
     U(+-1/sqrt(classes)) starts 5 classes at a loss of about 5.7.)"""
     head = model.get_submodule(head_name(model))
+    assert isinstance(head, nn.Linear)  # head_name found it by this type
     nn.init.normal_(head.weight, 0.0, 0.01)
     nn.init.zeros_(head.bias)
 
@@ -106,11 +112,13 @@ def _fit_small_input(model: nn.Module, name: str, image_size: int) -> None:
     """EfficientNet-B0 halves its input five times: below 64 px its stem convolution keeps
     stride 1, so that 32 px ends in 2x2 features rather than one pixel."""
     if name == "efficientnet_b0" and image_size < 64:
-        model.features[0][0].stride = (1, 1)
+        stem = model.get_submodule("features.0.0")
+        assert isinstance(stem, nn.Conv2d)  # torchvision's EfficientNet starts with its stem conv
+        stem.stride = (1, 1)
 
 
 # what each torchvision architecture is built with from scratch (its recipe in models' own terms)
-_SCRATCH = {
+_SCRATCH: dict[str, dict[str, Any]] = {
     "resnet18": {"zero_init_residual": True},
     "efficientnet_b0": {"stochastic_depth_prob": 0.0},
     "densenet121": {},

@@ -18,9 +18,11 @@ import numpy as np
 from cnnpipe.core.errors import CnnpipeError
 from cnnpipe.serve.packaging import MODEL_ARCHIVE, MODEL_FILE, ONNX_FILE
 
+RuntimeName = t.Literal["onnx", "torch"]
+
 
 class Runtime(t.Protocol):
-    name: str
+    name: RuntimeName
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """Class probabilities (N, classes) of a uint8 batch (N, C, H, W)."""
@@ -28,7 +30,7 @@ class Runtime(t.Protocol):
 
 
 class OnnxRuntime:
-    name = "onnx"
+    name: RuntimeName = "onnx"
 
     def __init__(self, path: Path, threads: int) -> None:
         import onnxruntime
@@ -48,7 +50,7 @@ class OnnxRuntime:
 
 
 class TorchRuntime:
-    name = "torch"
+    name: RuntimeName = "torch"
 
     def __init__(self, path: Path, threads: int) -> None:
         # Deferred: only a torch worker loads torch (see the module docstring).

@@ -157,11 +157,13 @@ class Classifier:
         return self._classify(images)
 
 
+# The decorators made Classifier a bentoml.Service; mypy keeps a class decorator's input type.
+_service = t.cast("bentoml.Service[Classifier]", Classifier)
 # Outermost first: limits before anything reads the body; uploads decoded before BentoML.
 if SETTINGS.worker_count > 1:
-    Classifier.add_asgi_middleware(Rebalance, every=SETTINGS.keepalive_requests)
-Classifier.add_asgi_middleware(
+    _service.add_asgi_middleware(Rebalance, every=SETTINGS.keepalive_requests)
+_service.add_asgi_middleware(
     RequestLimits, max_bytes=SETTINGS.max_upload_bytes, max_in_flight=SETTINGS.max_uploads_bytes
 )
-Classifier.add_asgi_middleware(Docs, settings=SETTINGS)
-Classifier.add_asgi_middleware(Uploads, spec=_served_spec, settings=SETTINGS)
+_service.add_asgi_middleware(Docs, settings=SETTINGS)
+_service.add_asgi_middleware(Uploads, spec=_served_spec, settings=SETTINGS)

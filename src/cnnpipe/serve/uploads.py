@@ -192,6 +192,7 @@ class Uploads:
         if endpoint is None or scope["method"] != "POST":
             return await self.app(scope, receive, send)
         request = Request(scope, receive)
+        images: list[Image] | None
         try:
             parts, top_k = await read_parts(request, endpoint, self.settings.max_images)
             candidates = [sources(part) for part in parts]

@@ -4,11 +4,12 @@ in RAM is moved to the device once and batches are gathered there."""
 
 from __future__ import annotations
 
+import typing as t
 from collections.abc import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DistributedSampler
+from torch.utils.data import Dataset, DistributedSampler
 
 from cnnpipe.model.inference import as_tensor
 from cnnpipe.train.distributed import ProcessRank
@@ -17,10 +18,10 @@ from cnnpipe.train.distributed import ProcessRank
 def resident(images: np.ndarray, device: torch.device) -> torch.Tensor | np.ndarray:
     """`as_tensor`, moved to the device once when it is a CUDA device and the array is in RAM:
     batches are then gathered on the device and no image crosses the bus twice."""
-    images = as_tensor(images)
-    if device.type == "cuda" and isinstance(images, torch.Tensor):
-        return images.to(device)
-    return images
+    data = as_tensor(images)
+    if device.type == "cuda" and isinstance(data, torch.Tensor):
+        return data.to(device)
+    return data
 
 
 def shuffled_order(n: int, seed: int, epoch: int, rank: ProcessRank) -> torch.Tensor:
@@ -29,8 +30,10 @@ def shuffled_order(n: int, seed: int, epoch: int, rank: ProcessRank) -> torch.Te
     torch's DistributedSampler (seed + epoch, padded to a multiple of the world size) in one
     process and in many, so the order depends on the params alone.
     """
-    sampler = DistributedSampler(
-        range(n), num_replicas=rank.world_size, rank=rank.rank, shuffle=True, seed=seed
+    # the sampler only takes len() of its dataset; torch types it as a Dataset
+    indices = t.cast("Dataset[int]", range(n))
+    sampler: DistributedSampler[int] = DistributedSampler(
+        indices, num_replicas=rank.world_size, rank=rank.rank, shuffle=True, seed=seed
     )
     sampler.set_epoch(epoch)
     return torch.tensor(list(sampler), dtype=torch.long)

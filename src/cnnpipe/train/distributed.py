@@ -109,9 +109,9 @@ def reduce_sums(
     values: list[torch.Tensor | float], rank: ProcessRank, device: torch.device
 ) -> list[float]:
     """Sums over every process (the values themselves in one process)."""
-    values = [float(v) for v in values]
+    sums = [float(v) for v in values]
     if not rank.distributed:
-        return values
-    total = torch.tensor(values, dtype=torch.float64, device=device)  # NCCL wants it on the GPU
+        return sums
+    total = torch.tensor(sums, dtype=torch.float64, device=device)  # NCCL wants it on the GPU
     dist.all_reduce(total)
     return total.tolist()

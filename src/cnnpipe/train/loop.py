@@ -32,6 +32,7 @@ from cnnpipe.train.augment import augment, erase
 from cnnpipe.train.batches import batches, resident, shuffled_order
 from cnnpipe.train.distributed import ONE_PROCESS, ProcessRank, per_process_batch, reduce_sums
 from cnnpipe.train.optim import make_optimizer, make_scheduler
+from cnnpipe.train.recipe import resolved
 
 
 @dataclass
@@ -121,7 +122,8 @@ def fit(
     """
     batch_size = per_process_batch(params.batch_size, rank.world_size)
     placement = Placement(device, mean, std, params.channels_last, params.mixed_precision == "bf16")
-    model.to(device=device, memory_format=placement.memory_format)
+    # Module.to takes a device and a memory format at once; its stubs list them apart
+    model.to(device=device, memory_format=placement.memory_format)  # type: ignore[call-overload]
     freeze_all_but_head(model, freeze_epochs > 0)
     trained = _wrapped(model, rank, placement)
     train_x, train_y = resident(train.images, device), torch.from_numpy(train.labels)
@@ -145,7 +147,7 @@ def fit(
     generator = torch.Generator().manual_seed(params.seed + rank.rank)
 
     result, best_state, since_best = FitResult(), None, 0
-    for epoch in range(1, params.epochs + 1):
+    for epoch in range(1, resolved(params.epochs) + 1):
         if epoch == freeze_epochs + 1 and freeze_epochs > 0:
             freeze_all_but_head(model, False)
             trained = _wrapped(model, rank, placement)
@@ -171,20 +173,20 @@ def fit(
             loss_sum += loss.detach() * len(y)
             correct += (logits.detach().argmax(1) == y).sum()
             seen += len(y)
-        seen, correct, loss_sum = reduce_sums([seen, correct, loss_sum], rank, device)
+        total_seen, total_correct, total_loss = reduce_sums([seen, correct, loss_sum], rank, device)
         seconds = time.perf_counter() - started
         scores = {"model": _score(model, val_x, val_y, placement, batch_size, rank, device)}
         if ema is not None:
             scores["ema"] = _score(ema.module, val_x, val_y, placement, batch_size, rank, device)
         metrics = EpochMetrics(
             epoch=epoch,
-            train_loss=loss_sum / seen,
-            train_accuracy=correct / seen,
+            train_loss=total_loss / total_seen,
+            train_accuracy=total_correct / total_seen,
             val_loss=scores["model"][0],
             val_accuracy=scores["model"][1],
             learning_rate=optimizer.param_groups[0]["lr"],
             seconds=seconds,
-            images_per_second=seen / seconds,
+            images_per_second=total_seen / seconds,
             ema_val_accuracy=scores["ema"][1] if ema is not None else None,
         )
         check_finite(metrics, params)
@@ -195,7 +197,8 @@ def fit(
         if scores[source][1] > result.best_val_accuracy:
             result.best_epoch, result.best_val_accuracy = epoch, scores[source][1]
             result.best_weights = source
-            best_state = copy.deepcopy((model if source == "model" else ema.module).state_dict())
+            best = model if source == "model" or ema is None else ema.module
+            best_state = copy.deepcopy(best.state_dict())
             since_best = 0
         else:
             since_best += 1
@@ -203,6 +206,7 @@ def fit(
             on_epoch(metrics)
         if params.patience and since_best >= params.patience:
             break
+    assert best_state is not None  # the first epoch beats best_val_accuracy's -1
     model.load_state_dict(best_state)
     freeze_all_but_head(model, False)
     return model.cpu().to(memory_format=torch.contiguous_format), result

@@ -6,11 +6,13 @@ import torch
 from torch import nn
 
 from cnnpipe.core.params import TrainParams
+from cnnpipe.train.recipe import resolved
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Weights decay; biases and normalisation scales (the 1-d parameters) do not."""
-    decay, keep = [], []
+    decay: list[nn.Parameter] = []
+    keep: list[nn.Parameter] = []
     for p in model.parameters():
         (decay if p.ndim > 1 else keep).append(p)
     return [
@@ -23,8 +25,8 @@ def make_optimizer(model: nn.Module, params: TrainParams) -> torch.optim.Optimiz
     """AdamW (decoupled weight decay), Adam (weight decay as L2 in the gradient) or SGD with
     Nesterov momentum. Every parameter is in it, frozen ones too: they get no gradient, so no
     step and no decay, until they are unfrozen."""
-    groups = parameter_groups(model, params.weight_decay)
-    lr = params.learning_rate
+    groups = parameter_groups(model, resolved(params.weight_decay))
+    lr = resolved(params.learning_rate)
     if params.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=params.momentum, nesterov=True)
     if params.optimizer == "adam":
@@ -39,8 +41,9 @@ def make_scheduler(
     at the last epoch, steps of `gamma` every `step_size` epochs, or constant). Stepped per
     batch."""
     schedulers = torch.optim.lr_scheduler
-    total = params.epochs * steps_per_epoch
+    total = resolved(params.epochs) * steps_per_epoch
     warmup = min(total - 1, round(params.warmup_epochs * steps_per_epoch))
+    main: torch.optim.lr_scheduler.LRScheduler
     if params.lr_schedule == "cosine":
         main = schedulers.CosineAnnealingLR(optimizer, T_max=max(1, total - warmup))
     elif params.lr_schedule == "step":

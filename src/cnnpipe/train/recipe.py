@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from cnnpipe.core.architectures import ARCHITECTURES
-from cnnpipe.core.params import AUTO, TrainParams
+from cnnpipe.core.params import AUTO, Auto, TrainParams
 
 RECIPE_KEYS = ("learning_rate", "weight_decay", "epochs")
+N = TypeVar("N", int, float)
 
 
 def resolve(params: TrainParams) -> tuple[TrainParams, dict[str, float | int]]:
@@ -14,3 +17,10 @@ def resolve(params: TrainParams) -> tuple[TrainParams, dict[str, float | int]]:
     recipe = ARCHITECTURES[params.model].recipe
     chosen = {k: getattr(recipe, k) for k in RECIPE_KEYS if getattr(params, k) == AUTO}
     return params.model_copy(update=chosen), chosen
+
+
+def resolved(value: N | Auto) -> N:
+    """A recipe key's value in params that went through `resolve`, where it is never `auto`."""
+    if isinstance(value, str):
+        raise ValueError("train params used before cnnpipe.train.recipe.resolve")
+    return value
