@@ -41,6 +41,7 @@ class GenerateParams(Section):
 
     source: Literal["shapes", "digits", "folder"] = "shapes"
     folder: str = "images"
+    # a Literal of names known at import time (the outlines); mypy wants them spelled out
     classes: list[Literal[SHAPES]] = Field(  # type: ignore[valid-type]
         default=["circle", "square", "triangle", "star", "hexagon"], min_length=2
     )
@@ -89,6 +90,7 @@ class ProcessParams(Section):
 class TrainParams(Section):
     """The model and how it is trained."""
 
+    # a Literal of the architectures' names, known at import time; mypy wants them spelled out
     model: Literal[MODELS] = "lenet5"  # type: ignore[valid-type]
     # a checkpoint to start from: a cnnpipe models/model.pt or a torchvision state dict file;
     # the default, the (empty) folder checkpoints/, means from scratch

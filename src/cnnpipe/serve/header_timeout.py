@@ -60,6 +60,7 @@ def _with_deadline(method: t.Callable, seconds: float) -> t.Callable:
         _arm(self, seconds)
         return result
 
+    # a mark on the function (mypy knows no attributes of a Callable beyond calling it)
     wrapped.__cnnpipe_header_timeout__ = seconds  # type: ignore[attr-defined]
     return wrapped
 
