@@ -10,7 +10,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Recipe:
     """What an architecture trains well with, measured with bench/quality.py on the shapes and
-    digits data (README, Results); the `auto` train params take these values."""
+    digits data (docs/training.md, Results); the `auto` train params take these values."""
 
     learning_rate: float
     weight_decay: float

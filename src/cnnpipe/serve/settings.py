@@ -5,7 +5,7 @@ a model is served on, not of the model or the pipeline, so they are not DVC para
 worker count must not re-run the package stage, and a bento has no params.yaml). The service
 module reads them once, when it is imported, because BentoML fixes the worker count and the
 batching bounds when the service class is defined. The defaults were chosen by measurement on a
-2-core machine (README, Serving figures).
+2-core machine (docs/serving.md, Serving figures).
 """
 
 from __future__ import annotations
