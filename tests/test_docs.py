@@ -64,7 +64,6 @@ def _expand(pattern: str) -> list[str]:
 
 
 def _exists(root: Path, path: str) -> bool:
-    path = path.rstrip(".,")
     if any(c in path for c in "<*{"):
         return any(next(root.glob(g.rstrip("/")), None) for g in _expand(path))
     return (root / path).exists()
@@ -93,8 +92,8 @@ def check_links(root: Path, page: Path, text: str) -> list[str]:
 def check_names(root: Path, page: Path, text: str, params: dict) -> list[str]:
     """Paths named anywhere but in links' targets exist; params keys named in code do."""
     problems = []
-    for path in PATH.findall(re.sub(r"\]\([^)]*\)", "]", text)):
-        if not _exists(root, path):
+    for named in PATH.findall(re.sub(r"\]\([^)]*\)", "]", text)):
+        if not _exists(root, path := named.rstrip(".,")):
             problems.append(f"{_rel(page, root)}: {path} does not exist")
     code = [m.group(0) for m in FENCE.finditer(text)]
     code += [m.group(2) for m in CODE_SPAN.finditer(FENCE.sub("", text))]
@@ -131,23 +130,30 @@ def test_anchors_follow_githubs_rules():
     assert anchors(text) == {"notes", "run", "run-1", "run-2"}
 
 
-def test_a_broken_sample_is_reported_on_every_count(tmp_path):
+SAMPLE_GOOD = (
+    "# Sample\n\n"
+    "[page](docs/good.md), [section](docs/good.md#two-words), [here](#sample),\n"
+    "[again](#sample-1), [web](https://example.com/none), `stages/train.py`,\n"
+    "`stages/<stage>.py`, `cnnpipe.train.loop`, `dvc exp run -S train.epochs=2`.\n\n"
+    "## Sample\n\n"
+    "```bash\ndvc exp run -S train.model=resnet18  # and stages/train.py\n```\n"
+)
+SAMPLE_BROKEN = (
+    "[gone](docs/missing.md), [no such part](docs/good.md#three-words), [nor here](#nothing),\n"
+    "`bench/missing.py`, `-S train.learning_rate=0.1`.\n\n"
+    "```bash\ndvc exp run -S evaluate.batch_size=8\n```\n"
+)
+
+
+def test_a_broken_sample_is_reported_on_every_count_and_passes_once_mended(tmp_path):
     (tmp_path / "params.yaml").write_text("train:\n  epochs: 3\n  model: lenet5\n")
     (tmp_path / "stages").mkdir()
     (tmp_path / "stages" / "train.py").write_text("")
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "good.md").write_text("# Good page\n\n## Two words\n")
-    (tmp_path / "README.md").write_text(
-        "# Sample\n\n"
-        "Fine: [page](docs/good.md), [section](docs/good.md#two-words), [here](#sample),\n"
-        "[web](https://example.com/none), `stages/train.py`, `stages/<stage>.py`,\n"
-        "`dvc exp run -S train.epochs=2`, `cnnpipe.train.loop`.\n\n"
-        "Broken: [gone](docs/missing.md), [no such part](docs/good.md#three-words),\n"
-        "[nor here](#nothing), `bench/missing.py`, `-S train.learning_rate=0.1`.\n\n"
-        "```bash\ndvc exp run -S evaluate.batch_size=8\n```\n"
-    )
-    problems = check(tmp_path)
-    assert problems == [
+    readme = tmp_path / "README.md"
+    readme.write_text(SAMPLE_GOOD + SAMPLE_BROKEN)
+    assert check(tmp_path) == [
         "README.md: link docs/missing.md: docs/missing.md does not exist",
         "README.md: link docs/good.md#three-words: no heading #three-words in docs/good.md",
         "README.md: link #nothing: no heading #nothing in README.md",
@@ -155,3 +161,5 @@ def test_a_broken_sample_is_reported_on_every_count(tmp_path):
         "README.md: evaluate.batch_size is not in params.yaml",
         "README.md: train.learning_rate is not in params.yaml",
     ]
+    readme.write_text(SAMPLE_GOOD)
+    assert check(tmp_path) == []
