@@ -45,10 +45,24 @@ def test_the_bento_bundles_the_workspace_model_and_serves_from_an_empty_store(
     archive = workspace.root / "models/bento/cnnpipe.bento"
     with tarfile.open(archive) as bento:
         names = bento.getnames()
+        (requirements,) = [n for n in names if n.endswith("env/python/requirements.txt")]
+        installs = bento.extractfile(requirements).read().decode().splitlines()
     bundled = {Path(n).parts[-2] for n in names if n.endswith("model.pt")}
     assert bundled == {version}
     assert {Path(n).parts[-2] for n in names if n.endswith("model.onnx")} == {version}
     assert not any("stages/" in n or "/data/" in n or n.endswith("tracking.py") for n in names)
+    # a container of the bento installs the lock's versions, every one pinned
+    locked = [
+        line
+        for line in (workspace.root / "requirements-bento.txt").read_text().splitlines()
+        if not line.startswith("#")
+    ]
+    bentoml_pin = next(line for line in locked if line.startswith("bentoml=="))
+    # BentoML adds the version that builds it, which is the lock's
+    assert [line for line in installs if line and not line.startswith("#")] == [
+        *locked,
+        bentoml_pin,
+    ]
 
     empty = {**workspace.env, "BENTOML_HOME": str(tmp_path / "empty-store")}
     imported = subprocess.run(
