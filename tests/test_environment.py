@@ -1,5 +1,5 @@
 """The bento installs what the service imports, and all that needs, at requirements.lock's
-versions: requirements-bento.txt is written from the lock and must agree with it."""
+versions: serve/bento-requirements.txt is written from the lock and must agree with it."""
 
 from __future__ import annotations
 
@@ -60,9 +60,9 @@ def test_requirements_bento_agrees_with_the_lock_and_what_the_service_imports():
     path, expected = environment.bento_requirements(
         REPO / "bentofile.yaml", REPO / "requirements.lock"
     )
-    assert path.resolve() == REPO / "requirements-bento.txt"
+    assert path.resolve() == REPO / "src/cnnpipe/serve/bento-requirements.txt"
     assert path.read_text() == expected, (
-        "requirements-bento.txt disagrees with requirements.lock or the service's imports: "
+        "bento-requirements.txt disagrees with requirements.lock or the service's imports: "
         "run `python -m cnnpipe.serve.environment` and commit it"
     )
     pinned = {line.split("==")[0]: line.split("==")[1] for line in expected.splitlines()[2:]}
@@ -76,7 +76,10 @@ def test_requirements_bento_agrees_with_the_lock_and_what_the_service_imports():
 
 def test_the_bentofile_installs_only_that_file_and_builds_offline():
     python = yaml.safe_load((REPO / "bentofile.yaml").read_text())["python"]
-    assert python == {"requirements_txt": "../requirements-bento.txt", "lock_packages": False}
+    assert python == {
+        "requirements_txt": "cnnpipe/serve/bento-requirements.txt",
+        "lock_packages": False,
+    }
 
 
 def test_an_import_no_installed_package_provides_is_named(tmp_path: Path):

@@ -1,6 +1,7 @@
 """The bento's Python environment: every package the service imports, and everything those need,
 at the versions requirements.lock pins, so that a containerised bento runs the versions the suite
-ran. bentofile.yaml installs them from requirements-bento.txt, which this writes from the lock:
+ran. bentofile.yaml installs them from bento-requirements.txt beside this module (the build
+context, src/, must hold it), which this writes from the lock:
 
     python -m cnnpipe.serve.environment
 
