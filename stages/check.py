@@ -22,7 +22,7 @@ def main(source: Path) -> None:
         listing = folder.list_folder(p.generate.folder, folder.hash_cache(project_root()))
         folder.refuse_unhashable(listing)
         files = sum(len(names) for names in listing.classes.values())
-        listed = f"{files} files in {len(listing.classes)} classes"
+        listed = f"{files} files in {len(listing.classes)} classes, {listing.layout}"
         stage.progress(f"check: params valid; {p.generate.folder}: {listed}")
     else:
         stage.progress("check: params valid")

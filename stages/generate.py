@@ -41,8 +41,8 @@ def main(source: Path, raw: Path, report_file: Path, samples_file: Path) -> None
             f"{report_file}; keep each in its one right class"
         )
     stage.progress(
-        f"generate: {summary['images']} images in {summary['classes']} classes -> {raw} "
-        f"({written.counts})"
+        f"generate: {summary['images']} images in {summary['classes']} classes "
+        f"({written.layout}) -> {raw} ({written.counts})"
     )
 
 

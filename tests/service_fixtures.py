@@ -51,7 +51,7 @@ def stored_model(base: Path) -> dict:
     package stage puts them there), and the test images."""
     raw, processed = base / "raw", base / "processed"
     sources.write_raw(GenerateParams(**{**TINY["generate"], "images_per_class": 60}), raw)
-    spec, _ = split.write_processed(raw, processed, ProcessParams(**TINY["process"]))
+    spec = split.write_processed(raw, processed, ProcessParams(**TINY["process"]), "lenet5").spec
     train = read_split(processed, "train", mmap=False)
     model = train_tiny(train.images, train.labels, spec)
     checkpoint.save(base / "model.pt", model, "lenet5", spec, {"best_epoch": 1})

@@ -84,8 +84,8 @@ def test_library_code_imports_cnnpipe_at_module_level_only():
 
 
 def sections_read(script: Path) -> set[str]:
-    """The params sections a stage reads: `params.load().<section>`; a bare `params.load()`
-    (the check stage) reads them all."""
+    """The params sections a stage reads: `params.load().<section>` (or one key of it,
+    `params.load().<section>.<key>`); a bare `params.load()` (the check stage) reads them all."""
     tree = ast.parse(script.read_text())
     loads = {
         node
@@ -101,6 +101,15 @@ def sections_read(script: Path) -> set[str]:
         for node in ast.walk(tree)
         if isinstance(node, ast.Attribute) and node.value in loads
     }
+    # `params.load().train.model`: one key of a section
+    keys = {
+        f"{node.value.attr}.{node.attr}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Attribute)
+        and node.value.value in loads
+    }
+    sections = (sections - {key.split(".")[0] for key in keys}) | keys
     used = {node.value for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
     if loads - used:
         sections |= set(yaml.safe_load((REPO / "params.yaml").read_text()))

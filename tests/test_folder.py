@@ -116,3 +116,62 @@ def test_a_class_left_with_too_few_readable_images_is_refused(tmp_path):
     (root / "bird" / "3.png").write_bytes(b"text")
     message = layout_error(root)
     assert "'bird'" in message and "1 readable images (2 skipped)" in message
+
+
+def test_a_folder_with_train_and_test_folders_keeps_its_splits(tmp_path):
+    from image_folders import make_split_folder
+
+    from cnnpipe.core.dataset import read_raw_table
+    from cnnpipe.data import report as datareport
+
+    root = make_split_folder(tmp_path / "photos", {"train": 4, "Test": 2})
+    listing = folder.list_folder(str(root))
+    assert listing.split_of == {"train": "train", "Test": "test"}
+    assert set(listing.parts["train"]) == set(listing.parts["Test"]) == {"cat", "dog"}
+    assert "train/ + Test/" in listing.layout
+    raw = sources.write_raw(folder_params(root), tmp_path / "raw", listing)
+    rows = read_raw_table(tmp_path / "raw" / LABELS_FILE)
+    assert {(r.label, r.split) for r in rows if "/Test/" in r.file} == {
+        ("cat", "test"),
+        ("dog", "test"),
+    }
+    assert sum(r.split == "train" for r in rows) == 8 and all(r.phash and r.colour for r in rows)
+    summary = datareport.summary(raw, folder_params(root))
+    assert summary["layout"] == listing.layout
+    assert summary["images_per_given_split"] == {
+        "train": {"cat": 4, "dog": 4},
+        "test": {"cat": 2, "dog": 2},
+    }
+
+
+@pytest.mark.parametrize(
+    ("splits", "expected"),
+    [
+        ({"train": 3, "cat": 3}, "mixes split folders (train) with class folders (cat)"),
+        ({"val": 3, "test": 3}, "has test/, val/ but no train/"),
+        ({"train": 3, "val": 1, "validation": 1}, "has both val/ and validation/"),
+        ({"train": 1, "test": 1}, "it needs at least 2 in train/ (one to train on, and one for"),
+    ],
+)
+def test_a_split_layout_that_cannot_be_used_stops_with_one_line(tmp_path, splits, expected):
+    from image_folders import make_split_folder
+
+    root = tmp_path / "photos"
+    for name, n in splits.items():
+        if name == "cat":  # a class folder beside the split folders
+            make_split_folder(tmp_path / "other", {"x": n}, classes=("cat",))
+            (tmp_path / "other" / "x" / "cat").rename(root / "cat")
+        else:
+            make_split_folder(root, {name: n})
+    message = layout_error(root)
+    assert expected in message and "\n" not in message and "generate.folder" in message
+
+
+def test_a_class_missing_from_a_split_is_named(tmp_path):
+    from image_folders import make_split_folder
+
+    root = make_split_folder(tmp_path / "photos", {"train": 3, "test": 1}, ("cat", "dog", "fish"))
+    for image in (root / "test" / "fish").iterdir():
+        image.unlink()
+    message = layout_error(root)
+    assert "class fish has no images in test/" in message and "add test/fish/ images" in message

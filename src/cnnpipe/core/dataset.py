@@ -1,6 +1,9 @@
 """The data passed between stages, and the record of what a model takes.
 
-Raw data (generate): `images/<class>/<file>` and `labels.csv` (file, label).
+Raw data (generate): the images under `images/` and `labels.csv`, one row per image (RawImage):
+its file, class and given split (a folder with train/, val/, test/; empty otherwise), and what the
+process stage decides the splits and the `auto` params with (md5, size, colour, perceptual
+hashes).
 Processed data (process): per split a CSV (file, label), `<split>_images.npy` (uint8,
 N x C x H x W) and `<split>_labels.npy` (int64), and `meta.json`: the InputSpec of every model
 trained on it, with the images per class in each split. No stage after process decodes an image.
@@ -42,6 +45,24 @@ class InputSpec(BaseModel):
 
 
 @dataclass(frozen=True)
+class RawImage:
+    """One row of the raw labels.csv."""
+
+    file: str  # relative to the raw folder
+    label: str
+    split: str = ""  # train, val or test when the folder came split; "" otherwise
+    md5: str = ""
+    width: int = 0  # upright, before resizing
+    height: int = 0
+    colour: bool = False
+    phash: str = ""  # 64-bit hashes in hex (cnnpipe.data.fingerprint); "" when unknown
+    dhash: str = ""
+
+
+RAW_COLUMNS = list(RawImage.__dataclass_fields__)
+
+
+@dataclass(frozen=True)
 class Split:
     images: np.ndarray  # uint8 (N, C, H, W), in RAM or memory-mapped
     labels: np.ndarray  # int64 (N,)
@@ -54,6 +75,31 @@ def write_labels(path: Path, rows: list[tuple[str, str]]) -> None:
         writer = csv.writer(f)
         writer.writerow(["file", "label"])
         writer.writerows(rows)
+
+
+def write_raw_table(path: Path, images: list[RawImage]) -> None:
+    """The raw labels.csv: one row per image, every RawImage field."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(RAW_COLUMNS)
+        for image in images:
+            writer.writerow([int(v) if isinstance(v, bool) else v for v in vars(image).values()])
+
+
+def read_raw_table(path: Path) -> list[RawImage]:
+    """The rows of a raw labels.csv; columns it lacks (one written by hand with only file and
+    label) take their defaults: no given split, nothing known of the image."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    known = set(RAW_COLUMNS)
+    images = []
+    for row in rows:
+        values: dict = {k: v for k, v in row.items() if k in known and v not in (None, "")}
+        for name in ("width", "height"):
+            values[name] = int(values.get(name, 0))
+        values["colour"] = values.get("colour", "0") == "1"
+        images.append(RawImage(**values))
+    return images
 
 
 def read_labels(path: Path) -> tuple[list[str], list[str]]:

@@ -71,8 +71,9 @@ class GenerateParams(Section):
 class ProcessParams(Section):
     """How raw images become model-ready tensors and splits."""
 
-    image_size: int = Field(default=32, ge=8, le=1024)
-    channels: Literal[1, 3] = 1
+    # auto: what the model takes (lenet5: 32) or the images' median short side, at most 64
+    image_size: Annotated[int, Field(ge=8, le=1024)] | Auto = AUTO
+    channels: Literal[1, 3] | Auto = AUTO  # auto: 3 when the images carry colour, else 1
     val_ratio: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.15
     test_ratio: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.15
     seed: Seed = 0
@@ -96,7 +97,7 @@ class TrainParams(Section):
     # the default, the (empty) folder checkpoints/, means from scratch
     init_from: str = "checkpoints"
     freeze_epochs: int = Field(default=0, ge=0)  # with init_from: train only the new head first
-    pretrained: bool = False  # torchvision's download of ImageNet weights (needs the internet)
+    pretrained: bool = False  # torchvision's ImageNet weights, from $TORCH_HOME or downloaded there
     epochs: Annotated[int, Field(ge=1)] | Auto = AUTO  # the most; early stopping may end sooner
     patience: int = Field(default=0, ge=0)  # stop after this many epochs without a better val
     batch_size: int = Field(default=64, ge=1)
@@ -125,6 +126,14 @@ class TrainParams(Section):
     max_zoom: float = Field(default=0.1, ge=0.0, lt=1.0)  # scale within 1 +- max_zoom
     flip: bool = False  # mirror left-right too (wrong for digits and text)
     erase: Fraction = 0.25  # probability of erasing a random rectangle of each training image
+    # The recipe for pictures (torchvision.transforms.v2), each piece off at 1 / 0 / none:
+    crop_scale: Annotated[float, Field(gt=0.0, le=1.0)] = (
+        1.0  # random resized crop: least area kept
+    )
+    color_jitter: float = Field(default=0.0, ge=0.0, le=1.0)  # brightness/contrast/saturation +-
+    auto_augment: Literal["none", "trivial", "rand"] = "none"  # TrivialAugmentWide, RandAugment
+    mixup: float = Field(default=0.0, ge=0.0)  # MixUp's alpha
+    cutmix: float = Field(default=0.0, ge=0.0)  # CutMix's alpha
     nproc: int = Field(default=1, ge=1)  # >1: DistributedDataParallel in that many processes
 
     @model_validator(mode="after")
@@ -161,6 +170,8 @@ class Params(Section):
     def _image_size_fits_the_model(self) -> Params:
         """Checked with the params, so the process stage refuses a size train would refuse."""
         size, arch = self.process.image_size, ARCHITECTURES[self.train.model]
+        if size == AUTO:
+            return self
         if arch.fixed_size is not None and size != arch.fixed_size:
             raise ValueError(
                 f"process.image_size: {size} does not fit train.model {arch.name}, which takes "

@@ -1,4 +1,6 @@
-"""An image folder as the pipeline reads it (`generate.source: folder`): one subfolder per class.
+"""An image folder as the pipeline reads it (`generate.source: folder`): one subfolder per class,
+or the layout data sets are downloaded in, `train/` (and `val/`, `test/`) each holding the class
+folders, whose splits the process stage then keeps as given.
 
 The folder is a DVC dependency of generate, and DVC cannot hash every folder: a FIFO blocks it
 forever; a socket, a device, a dangling or looping link or one that cannot be read fails every
@@ -39,13 +41,44 @@ class Skipped:
     hashable: bool = True  # False: DVC hangs or fails on it (the check stage refuses it)
 
 
+# The split folders a data set may come with (ImageFolder sets, Keras, YOLO classification), by
+# the split each one is; a name is matched whatever its case.
+SPLIT_FOLDERS = {
+    "train": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+}
+NO_SPLIT = ""  # the part of a folder of class folders
+
+
 @dataclass
 class Listing:
-    """The images of a folder: per class, each file (relative to its class folder) and its md5."""
+    """The images of a folder: per part (a split folder such as `train`, or NO_SPLIT for a
+    folder of class folders), per class, each file (relative to its class folder) and its md5."""
 
     folder: str
-    classes: dict[str, dict[str, str]] = field(default_factory=dict)
+    parts: dict[str, dict[str, dict[str, str]]] = field(default_factory=dict)
     skipped: list[Skipped] = field(default_factory=list)
+    split_of: dict[str, str] = field(default_factory=dict)  # part folder -> train, val or test
+
+    @property
+    def classes(self) -> dict[str, dict[str, str]]:
+        """Per class, its files in every part (prefixed by the part's folder when split)."""
+        merged: dict[str, dict[str, str]] = {}
+        for part, classes in self.parts.items():
+            for label, files in classes.items():
+                prefix = f"{part}/" if part else ""
+                merged.setdefault(label, {}).update({prefix + f: m for f, m in files.items()})
+        return merged
+
+    @property
+    def layout(self) -> str:
+        """How the folder is organised, in the words of the data report."""
+        if NO_SPLIT in self.parts:
+            return "class folders"
+        return " + ".join(f"{part}/" for part in self.parts) + " (splits as given)"
 
 
 class NotRegular(OSError):
@@ -147,7 +180,81 @@ def _walk(folder: Path, root: Path, skipped: list[Skipped]) -> list[tuple[Path, 
 
 
 def _layout() -> str:
-    return "one subfolder per class, e.g. cat/1.jpg, dog/2.png"
+    return "one subfolder per class, e.g. cat/1.jpg, dog/2.png (or train/cat/1.jpg, test/cat/2.jpg)"
+
+
+def _top_folders(root: Path, folder: str, listing: Listing) -> dict[str, Path]:
+    """The folders at the top of the image folder; loose files and what cannot be taken go to
+    the listing's skipped."""
+    try:
+        names = sorted(os.listdir(root))
+    except OSError as exc:
+        raise CnnpipeError(
+            f"generate.folder: {folder!r} cannot be listed ({exc.strerror}); check its permissions"
+        ) from None
+    real = root.resolve()
+    found = {}
+    for name in names:
+        if name.startswith("."):
+            continue
+        kind, info = _classify(root / name, real)
+        if isinstance(info, Skipped):
+            listing.skipped.append(info)
+        elif kind == "folder":
+            found[name] = root / name
+        else:
+            where = "a class folder" if not _splits(found) else "a split's class folder"
+            listing.skipped.append(Skipped(str(root / name), f"not inside {where}; move it"))
+    return found
+
+
+def _splits(names: dict[str, Path]) -> dict[str, str]:
+    """{folder name: split} of the names that are split folders."""
+    return {name: SPLIT_FOLDERS[name.lower()] for name in names if name.lower() in SPLIT_FOLDERS}
+
+
+def _split_parts(folder: str, top: dict[str, Path]) -> dict[str, str]:
+    """The split folders of a top level that has any, checked: only split folders, each split
+    once, a train/ among them; one line naming the fix otherwise."""
+    splits = _splits(top)
+    others = sorted(set(top) - set(splits))
+    if others:
+        raise CnnpipeError(
+            f"generate.folder: {folder!r} mixes split folders ({', '.join(sorted(splits))}) with "
+            f"class folders ({', '.join(others[:5])}) at its top level; move every class folder "
+            "into train/ (and test/, val/), or rename the split folders if they are classes"
+        )
+    seen: dict[str, str] = {}
+    for name, split in sorted(splits.items()):
+        if split in seen:
+            raise CnnpipeError(
+                f"generate.folder: {folder!r} has both {seen[split]}/ and {name}/, two folders "
+                f"of the {split} split; merge them into one"
+            )
+        seen[split] = name
+    if "train" not in seen:
+        raise CnnpipeError(
+            f"generate.folder: {folder!r} has {', '.join(f'{n}/' for n in sorted(splits))} but "
+            "no train/; put the training images in train/<class>/"
+        )
+    return dict(sorted(splits.items(), key=lambda item: list(SPLIT_FOLDERS).index(item[1])))
+
+
+def _check_split_classes(folder: str, found: dict[str, dict[str, list]]) -> None:
+    """Every split holds the same classes, each with an image: a class missing from a split
+    would make its scores meaningless (no test image) or untrainable (no training image)."""
+    every = sorted(set().union(*(classes for classes in found.values())))
+    for part, classes in found.items():
+        missing = [label for label in every if not classes.get(label)]
+        if missing:
+            named = ", ".join(missing[:5]) + (
+                f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            )
+            raise CnnpipeError(
+                f"generate.folder: {folder!r}: class {named} has no images in {part}/ "
+                f"(every split needs every class); add {part}/{missing[0]}/ images, or remove "
+                f"the class from every split"
+            )
 
 
 def list_folder(folder: str, hash_cache: Path | None = None) -> Listing:
@@ -163,43 +270,44 @@ def list_folder(folder: str, hash_cache: Path | None = None) -> Listing:
         )
     if not root.is_dir():
         raise CnnpipeError(f"generate.folder: {folder!r} is not a folder; point it at {_layout()}")
-    try:
-        names = sorted(os.listdir(root))
-    except OSError as exc:
-        raise CnnpipeError(
-            f"generate.folder: {folder!r} cannot be listed ({exc.strerror}); check its permissions"
-        ) from None
     real = root.resolve()
     listing = Listing(folder)
-    found: dict[str, list[tuple[Path, os.stat_result]]] = {}
-    for name in names:
-        if name.startswith("."):
-            continue
-        kind, info = _classify(root / name, real)
-        if isinstance(info, Skipped):
-            listing.skipped.append(info)
-        elif kind == "folder":
-            found[name] = _walk(root / name, real, listing.skipped)
-        else:
-            listing.skipped.append(Skipped(str(root / name), "not inside a class folder; move it"))
-    check_layout(folder, {label: len(files) for label, files in found.items()}, "file(s)")
+    top = _top_folders(root, folder, listing)
+    if _splits(top):
+        listing.split_of = _split_parts(folder, top)
+        part_folders = {part: root / part for part in listing.split_of}
+    else:
+        part_folders = {NO_SPLIT: root}
+    found: dict[str, dict[str, list[tuple[Path, os.stat_result]]]] = {}
+    for part, part_root in part_folders.items():
+        classes = top if part == NO_SPLIT else _top_folders(part_root, folder, listing)
+        found[part] = {label: _walk(path, real, listing.skipped) for label, path in classes.items()}
+    counts = {
+        part: {label: len(f) for label, f in classes.items()} for part, classes in found.items()
+    }
+    if listing.split_of:
+        _check_split_classes(folder, found)
+    check_layout(folder, counts, "file(s)", listing.split_of)
     cache = _read_cache(hash_cache)
     kept: dict[str, list] = {}
-    for label, files in found.items():
-        listing.classes[label] = {}
-        for path, info in files:
-            stamp = [info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns]
-            key = str(path.resolve())
-            try:
-                md5 = cache[key][1] if cache.get(key, [None])[0] == stamp else _md5(path)
-            except OSError as exc:
-                reason = f"cannot be read ({exc.strerror})"
-                listing.skipped.append(Skipped(str(path), reason, hashable=False))
-                continue
-            kept[key] = [stamp, md5]
-            listing.classes[label][path.relative_to(root / label).as_posix()] = md5
-            if len(kept) % 5000 == 0:
-                progress(f"check: {len(kept)} files of {folder} listed")
+    for part, classes in found.items():
+        listing.parts[part] = {}
+        for label, files in classes.items():
+            listing.parts[part][label] = {}
+            for path, info in files:
+                stamp = [info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns]
+                key = str(path.resolve())
+                try:
+                    md5 = cache[key][1] if cache.get(key, [None])[0] == stamp else _md5(path)
+                except OSError as exc:
+                    reason = f"cannot be read ({exc.strerror})"
+                    listing.skipped.append(Skipped(str(path), reason, hashable=False))
+                    continue
+                kept[key] = [stamp, md5]
+                relative = path.relative_to(part_folders[part] / label).as_posix()
+                listing.parts[part][label][relative] = md5
+                if len(kept) % 5000 == 0:
+                    progress(f"check: {len(kept)} files of {folder} listed")
     _write_cache(hash_cache, kept)
     return listing
 
@@ -233,28 +341,55 @@ def hash_cache(root: Path) -> Path | None:
     return scratch / "folder-md5.json" if scratch else None
 
 
-def check_layout(folder: str, counts: dict[str, int], what: str) -> None:
-    """Two classes or more, each with MIN_IMAGES_PER_CLASS images (one per split) or more."""
-    if not any(counts.values()):
+def check_layout(
+    folder: str, counts: dict[str, dict[str, int]], what: str, split_of: dict[str, str]
+) -> None:
+    """Two classes or more, each with enough images in every part (see needed_images).
+    `counts` is {part: {class: images}}."""
+    labels = {label for part in counts.values() for label in part}
+    if not any(n for part in counts.values() for n in part.values()):
         raise CnnpipeError(f"generate.folder: {folder!r} holds no images; put in it {_layout()}")
-    if len(counts) < 2:
-        names = ", ".join(counts)
+    if len(labels) < 2:
+        names = ", ".join(sorted(labels))
         raise CnnpipeError(
-            f"generate.folder: {folder!r} has {len(counts)} class folder ({names}); a "
+            f"generate.folder: {folder!r} has {len(labels)} class folder ({names}); a "
             f"classifier needs at least 2: add a subfolder of images per class ({_layout()})"
         )
-    for label, count in counts.items():
-        check_class_size(folder, label, count, what)
+    for part, classes in counts.items():
+        for label, count in classes.items():
+            check_class_size(folder, label, count, what, part, split_of)
 
 
-def check_class_size(folder: str, label: str, count: int, what: str) -> None:
-    """At least MIN_IMAGES_PER_CLASS images in the class: one each for train, val and test."""
-    if count < MIN_IMAGES_PER_CLASS:
+def needed_images(part: str, split_of: dict[str, str]) -> int:
+    """The images a class needs in a part: one for each split made from it. A folder of class
+    folders gives all three; a split folder its own, and train/ those the folder lacks."""
+    if part == NO_SPLIT:
+        return MIN_IMAGES_PER_CLASS
+    if split_of[part] != "train":
+        return 1
+    given = set(split_of.values())
+    return 1 + sum(split not in given for split in ("val", "test"))
+
+
+def check_class_size(
+    folder: str, label: str, count: int, what: str, part: str = NO_SPLIT, split_of=None
+) -> None:
+    """At least needed_images(part) images of the class in the part."""
+    needed = needed_images(part, split_of or {})
+    if count >= needed:
+        return
+    if part == NO_SPLIT:
         raise CnnpipeError(
             f"generate.folder: class {label!r} ({Path(folder) / label}) has {count} {what}; "
             f"each class needs at least {MIN_IMAGES_PER_CLASS} images (one each for train, "
             "val and test): add images to it or remove the folder"
         )
+    missing = [s for s in ("val", "test") if s not in set((split_of or {}).values())]
+    carved = f", and one for each split made from it ({', '.join(missing)})" if missing else ""
+    raise CnnpipeError(
+        f"generate.folder: class {label!r} ({Path(folder) / part / label}) has {count} {what}; "
+        f"it needs at least {needed} in {part}/ (one to train on{carved}): add images to it"
+    )
 
 
 def _read_cache(path: Path | None) -> dict:

@@ -24,12 +24,20 @@ def summary(raw: RawData, params: GenerateParams) -> dict:
     image sizes (upright, before resizing)."""
     widths = np.repeat([w for w, _ in raw.sizes], list(raw.sizes.values()))
     heights = np.repeat([h for _, h in raw.sizes], list(raw.sizes.values()))
+    given: dict[str, dict[str, int]] = {}
+    for image in raw.images:
+        if image.split:
+            per_class = given.setdefault(image.split, {})
+            per_class[image.label] = per_class.get(image.label, 0) + 1
     return {
         "source": params.source,
         "folder": params.folder if params.source == "folder" else None,
+        "layout": raw.layout,
         "images": sum(raw.counts.values()),
         "classes": len(raw.counts),
         "images_per_class": raw.counts,
+        "images_per_given_split": given,
+        "colour_images": sum(image.colour for image in raw.images),
         "skipped": len(raw.skipped),
         "skipped_files": [{"path": s.path, "reason": s.reason} for s in raw.skipped],
         "duplicates_across_classes": duplicates_across_classes(raw),

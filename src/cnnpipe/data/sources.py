@@ -1,11 +1,13 @@
 """Raw labelled images from a source: synthetic shapes, scikit-learn's digits or a folder.
 
-Every source writes the same layout: `images/<class>/<file>` and `labels.csv` (file, label).
-Generated images (shapes, digits) are PNGs. Folder images (the files the check stage listed, see
-cnnpipe.data.folder) are copied byte for byte after `preprocess` has decoded them once to prove
-they are readable, so the process stage converts the very file the user has (and would send to
-the service) through the one conversion path, once. Every image's md5 is kept for the report
-(the same image in two classes).
+Every source writes the same layout: the images under `images/` (`images/<class>/<file>`, or
+`images/<split>/<class>/<file>` for a folder that came split) and `labels.csv` (one RawImage row
+per image: its class, given split and fingerprint). Generated images (shapes, digits) are PNGs.
+Folder images (the files the check stage listed, see cnnpipe.data.folder) are copied byte for byte
+after `preprocess` has decoded them once to prove they are readable, so the process stage converts
+the very file the user has (and would send to the service) through the one conversion path, once.
+Every image's md5 is kept for the report (the same image in two classes), and its fingerprint
+(colour, perceptual hashes) for the process stage.
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ import numpy as np
 from PIL import Image
 
 from cnnpipe.core import preprocess
-from cnnpipe.core.dataset import IMAGES_DIR, LABELS_FILE, write_labels
+from cnnpipe.core.dataset import IMAGES_DIR, LABELS_FILE, RawImage, write_raw_table
 from cnnpipe.core.errors import CnnpipeError
 from cnnpipe.core.params import GenerateParams
 from cnnpipe.core.stage import progress
 from cnnpipe.data import shapes
+from cnnpipe.data.fingerprint import fingerprint
 from cnnpipe.data.folder import Listing, Skipped, check_class_size, list_folder, read_file
 
 Item = tuple[str, str, Image.Image]  # (file name within its class folder, class, image)
@@ -40,6 +43,8 @@ class RawData:
     sizes: Counter[tuple[int, int]] = field(default_factory=Counter)  # (width, height) upright
     modes: Counter[str] = field(default_factory=Counter)
     md5: dict[str, str] = field(default_factory=dict)  # file (as in files) -> md5 of its bytes
+    images: list[RawImage] = field(default_factory=list)  # the rows of labels.csv, in order
+    layout: str = "generated"  # how a folder was organised (see folder.Listing.layout)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -71,11 +76,17 @@ def check_image(source: Path | bytes) -> Image.Image:
     return image
 
 
-def _keep(raw: RawData, label: str, name: str, data: bytes, image: Image.Image) -> None:
+def _keep(
+    raw: RawData, label: str, name: str, data: bytes, image: Image.Image, split: str = ""
+) -> None:
     raw.files[label].append(name)
-    raw.md5[name] = hashlib.md5(data).hexdigest()
+    md5 = raw.md5[name] = hashlib.md5(data).hexdigest()
     raw.sizes[image.size] += 1
     raw.modes[image.mode] += 1
+    found = fingerprint(image)
+    raw.images.append(
+        RawImage(name, label, split, md5, *image.size, found.colour, found.phash, found.dhash)
+    )
     _count(raw)
 
 
@@ -94,29 +105,35 @@ def _write_items(items: Iterator[Item], out: Path, raw: RawData) -> None:
 def _copy_folder(listing: Listing, out: Path, raw: RawData) -> None:
     root = Path(listing.folder)
     raw.skipped = list(listing.skipped)
-    for label, files in listing.classes.items():
-        raw.files[label] = []
-        for relative, md5 in files.items():
-            path = root / label / relative
-            try:
-                data = read_file(path)
-            except OSError as exc:
-                raw.skipped.append(Skipped(str(path), f"cannot be read ({exc.strerror})"))
-                continue
-            if hashlib.md5(data).hexdigest() != md5:
-                raise CnnpipeError(f"{path} changed while it was being copied; run dvc repro again")
-            try:
-                image = check_image(data)
-            except preprocess.ImageError as exc:
-                raw.skipped.append(Skipped(str(path), str(exc)))
-                continue
-            name = f"{IMAGES_DIR}/{label}/{relative}"
-            (out / name).parent.mkdir(parents=True, exist_ok=True)
-            (out / name).write_bytes(data)
-            _keep(raw, label, name, data, image)
-        kept = len(raw.files[label])
-        bad = len(files) - kept
-        check_class_size(listing.folder, label, kept, f"readable images ({bad} skipped)")
+    raw.layout = listing.layout
+    for part, classes in listing.parts.items():
+        split = listing.split_of.get(part, "")
+        for label, files in classes.items():
+            raw.files.setdefault(label, [])
+            kept = 0
+            for relative, md5 in files.items():
+                path = root / part / label / relative
+                try:
+                    data = read_file(path)
+                except OSError as exc:
+                    raw.skipped.append(Skipped(str(path), f"cannot be read ({exc.strerror})"))
+                    continue
+                if hashlib.md5(data).hexdigest() != md5:
+                    raise CnnpipeError(
+                        f"{path} changed while it was being copied; run dvc repro again"
+                    )
+                try:
+                    image = check_image(data)
+                except preprocess.ImageError as exc:
+                    raw.skipped.append(Skipped(str(path), str(exc)))
+                    continue
+                name = (Path(IMAGES_DIR) / part / label / relative).as_posix()
+                (out / name).parent.mkdir(parents=True, exist_ok=True)
+                (out / name).write_bytes(data)
+                _keep(raw, label, name, data, image, split)
+                kept += 1
+            skipped = f"readable images ({len(files) - kept} skipped)"
+            check_class_size(listing.folder, label, kept, skipped, part, listing.split_of)
 
 
 def _count(raw: RawData) -> None:
@@ -135,6 +152,5 @@ def write_raw(params: GenerateParams, out: Path, listing: Listing | None = None)
     else:
         items = shape_items(params) if params.source == "shapes" else digit_items(params)
         _write_items(items, out, raw)
-    rows = [(name, label) for label, names in raw.files.items() for name in names]
-    write_labels(out / LABELS_FILE, rows)
+    write_raw_table(out / LABELS_FILE, raw.images)
     return raw

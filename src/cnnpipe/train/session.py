@@ -58,6 +58,10 @@ def train(
     make_deterministic(p.seed, kernels.process_threads(p.num_threads))
     model = registry.build(p.model, spec.channels, len(spec.classes), spec.image_size, p.pretrained)
     started = "from scratch"
+    if p.pretrained:  # the input as the weights were trained on it
+        mean, std = registry.pretrained_statistics(p.model, spec.channels)
+        spec = spec.model_copy(update={"mean": mean, "std": std})
+        started = "from torchvision's ImageNet weights"
     if starts_from_checkpoint(p):
         started = warm_start.load_initial_weights(model, Path(p.init_from), p.model, spec.classes)
     freeze = p.freeze_epochs if starts_from_checkpoint(p) else 0
@@ -78,7 +82,12 @@ def train(
         stage.progress(f"train: {p.model}'s recipe for the auto params: {values}")
 
     tags = dvc_tags()
-    logged = {**pipeline_params(), **flatten({"train": p.model_dump()})}  # auto: what was used
+    # auto params as they were resolved: train's by the recipe, process's by the data
+    used = {
+        "train": p.model_dump(),
+        "process": {"channels": spec.channels, "image_size": spec.image_size},
+    }
+    logged = {**pipeline_params(), **flatten(used)}
     run = Run.start(tags.get("dvc_exp_name", p.model), logged, tags)
     try:
         with atomic_path(live_dir) as tmp:
