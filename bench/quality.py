@@ -85,7 +85,7 @@ def training_record(root: Path) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sources", nargs="+", default=["shapes", "digits"])
+    parser.add_argument("--sources", nargs="*", default=["shapes", "digits"])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--folder", type=Path, help="also an image folder (source: folder)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="other params")

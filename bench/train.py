@@ -1,55 +1,86 @@
-"""Training throughput of the train stage's loop against a bare torch loop, in one invocation.
+"""Training throughput of the train stage's loop against bare torch loops, in one invocation.
 
-For lenet5 at 32 px and resnet18 at 64 px: the same generated and processed data, model, batch
-size, thread count and seed go to `cnnpipe.train.loop.fit` (what stages/train.py runs) and to a
-plain loop written with nothing but torch. Both are timed by the wall clock over all their epochs,
-validation pass included (the bare loop runs the same forward pass over the validation split each
-epoch); model building and data preparation are outside the clock. The runs alternate, starting
-with the other one each round, because the machine is shared; the ratio printed is the median of
-the per-round ratios (train stage / bare loop).
+For lenet5 at 32 px grey and resnet18 at 64 px RGB (the shapes generated at 64 px, processed to
+each), with the train params a user gets by default (the architecture's recipe for the `auto`
+values), two tables:
 
-    python bench/train.py [--rounds 9] [--images-per-class 400] [--threads 0] [--models lenet5]
+1. The train stage's loop (`cnnpipe.train.loop.fit`, what stages/train.py runs, augmentation and
+   validation included) against a bare torch loop with the same settings: model, batch size,
+   threads, kernels, memory format, deterministic algorithms, and the same validation forward
+   pass each epoch. They run in this process, alternating (the other one first each round,
+   because the machine may be shared); the ratio is the median of the per-round ratios.
+2. What the settings cost: the bare loop in child processes (kernels and threads are fixed when
+   torch loads) with the stage's settings (portable: AVX2 kernels, `train.num_threads`,
+   deterministic algorithms), then with one change at a time, and with the fastest this machine
+   offers (its own kernels, every core, channels-last, no deterministic algorithms). Each row's
+   rate is the median over the rounds, and its ratio is to the fastest.
 
-With --determinism it measures instead what portable mode costs: the same loop.fit in two child
-processes per round, one started with the portable environment (AVX2 kernels), one with the
-machine's own kernels, both at the same thread count; the ratio is portable / machine.
+    python bench/train.py [--rounds 5] [--images-per-class 400] [--models lenet5 resnet18]
+
+Model building and data preparation are outside the clocks; both loops are timed over all their
+epochs by the wall clock.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import statistics
-import subprocess
 import sys
-import tempfile
-import time
-from pathlib import Path
 
-import numpy as np
-import torch
-from torch import nn
+from cnnpipe.core import kernels
 
-from cnnpipe.core import kernels, params
-from cnnpipe.core.dataset import read_spec, read_split
-from cnnpipe.data import sources, split
-from cnnpipe.model import registry
-from cnnpipe.train import loop
+# Table 1 runs in this process as the train stage runs: portable kernels at the default threads
+# (the child processes of table 2 set their own). Kernels are chosen when torch loads.
+if "--child" not in sys.argv:
+    os.environ.update(kernels.environment())
 
-CASES = (("lenet5", 32, 8), ("resnet18", 64, 2))  # model, image size, epochs
+import argparse  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from cnnpipe.core import params  # noqa: E402
+from cnnpipe.core.dataset import read_spec, read_split  # noqa: E402
+from cnnpipe.data import sources, split  # noqa: E402
+from cnnpipe.model import registry  # noqa: E402
+from cnnpipe.train import loop, recipe  # noqa: E402
+
+# model, image size, channels, epochs
+CASES = (("lenet5", 32, 1, 8), ("resnet18", 64, 3, 2))
+# the settings of table 2: name -> (determinism mode, threads (0: every core), channels_last,
+# deterministic algorithms); None: as the train params say
+SETTINGS = {
+    "stage's settings": (None, None, None, True),
+    "+ channels-last": (None, None, True, True),
+    "+ machine kernels": ("machine", None, None, True),
+    "- deterministic algorithms": (None, None, None, False),
+    "fastest": ("machine", 0, True, False),
+}
 
 
-def prepare(root: Path, images_per_class: int) -> dict[int, Path]:
-    """Generated shapes, processed at every image size the cases need."""
+def prepare(root: Path, images_per_class: int) -> dict[tuple[int, int], Path]:
+    """Generated shapes, processed at every size and channel count the cases need."""
     raw = root / "raw"
-    sources.write_raw(
-        params.parse({"generate": {"images_per_class": images_per_class}}).generate, raw
-    )
+    generate = params.parse({"generate": {"images_per_class": images_per_class}}).generate
+    sources.write_raw(generate, raw)
     out = {}
-    for size in sorted({size for _, size, _ in CASES}):
-        out[size] = root / f"processed-{size}"
-        split.write_processed(raw, out[size], params.ProcessParams(image_size=size))
+    for _, size, channels, _ in CASES:
+        out[size, channels] = root / f"processed-{size}-{channels}"
+        process = params.ProcessParams(image_size=size, channels=channels)
+        split.write_processed(raw, out[size, channels], process, "resnet18")
     return out
+
+
+def train_params(model: str, epochs: int, **changes: object) -> params.TrainParams:
+    """The default train params for `model`, `auto` values taken from its recipe."""
+    p = params.parse({"train": {"model": model, "epochs": epochs, **changes}}).train
+    return recipe.resolve(p)[0]
 
 
 def stage_loop(p: params.TrainParams, folder: Path) -> float:
@@ -63,17 +94,25 @@ def stage_loop(p: params.TrainParams, folder: Path) -> float:
     return p.epochs * len(train.labels) / (time.perf_counter() - started)
 
 
-def bare_loop(p: params.TrainParams, folder: Path) -> float:
+def bare_loop(p: params.TrainParams, folder: Path, deterministic: bool = True) -> float:
     """Images per second of the plainest torch loop that trains and validates the same way."""
     meta = read_spec(folder)
     train, val = (read_split(folder, s, mmap=None) for s in ("train", "val"))
-    loop.make_deterministic(p.seed, p.num_threads)
+    torch.manual_seed(p.seed)
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    if p.num_threads:
+        torch.set_num_threads(p.num_threads)
+    layout = torch.channels_last if p.channels_last else torch.contiguous_format
     model = registry.build(p.model, meta.channels, len(meta.classes), meta.image_size)
-    optimizer = torch.optim.Adam(model.parameters(), lr=p.learning_rate)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=p.epochs)
+    model = model.to(memory_format=layout)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=p.learning_rate)
     loss_fn = nn.CrossEntropyLoss()
     mean = torch.tensor(meta.mean).view(1, -1, 1, 1)
     std = torch.tensor(meta.std).view(1, -1, 1, 1)
+
+    def inputs(batch: torch.Tensor) -> torch.Tensor:
+        return ((batch.float() / 255 - mean) / std).contiguous(memory_format=layout)
+
     started = time.perf_counter()
     x_train, y_train = torch.from_numpy(np.array(train.images)), torch.from_numpy(train.labels)
     x_val = torch.from_numpy(np.array(val.images))
@@ -83,97 +122,105 @@ def bare_loop(p: params.TrainParams, folder: Path) -> float:
         order = torch.randperm(len(y_train), generator=generator)
         for start in range(0, len(order), p.batch_size):
             idx = order[start : start + p.batch_size]
-            x = (x_train[idx].float() / 255 - mean) / std
-            loss = loss_fn(model(x), y_train[idx])
+            loss = loss_fn(model(inputs(x_train[idx])), y_train[idx])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        scheduler.step()
         model.eval()
         with torch.no_grad():
             for start in range(0, len(x_val), p.batch_size):
-                model((x_val[start : start + p.batch_size].float() / 255 - mean) / std)
+                model(inputs(x_val[start : start + p.batch_size]))
     return p.epochs * len(y_train) / (time.perf_counter() - started)
 
 
-def in_child(determinism: str, p: params.TrainParams, folder: Path) -> tuple[str, float]:
-    """stage_loop's images per second in a fresh process whose torch loaded with the kernels
-    of `determinism` (they are chosen once per process, when torch loads)."""
+def in_child(setting: str, p: params.TrainParams, folder: Path) -> tuple[str, int, float]:
+    """The bare loop's images per second under one of SETTINGS, in a fresh process whose torch
+    loaded with that setting's kernels and threads; and the kernels and threads it ran."""
+    mode, threads, channels_last, deterministic = SETTINGS[setting]
+    p = p.model_copy(
+        update={
+            "determinism": mode or p.determinism,
+            "num_threads": p.num_threads if threads is None else threads,
+            "channels_last": p.channels_last if channels_last is None else channels_last,
+        }
+    )
     env = {k: v for k, v in os.environ.items() if k not in kernels.PORTABLE_ISA["x86_64"][0]}
-    env.update(kernels.environment(determinism, p.num_threads))
+    env = {k: v for k, v in env.items() if k not in kernels.THREAD_VARIABLES}
+    env.update(kernels.environment(p.determinism, p.num_threads))
     child = [sys.executable, __file__, "--child", p.model_dump_json(), str(folder)]
+    child += ["--deterministic"] if deterministic else []
     done = subprocess.run(child, env=env, capture_output=True, text=True, check=True)
-    capability, rate = done.stdout.split()[-2:]
-    return capability, float(rate)
+    result = json.loads(done.stdout.splitlines()[-1])
+    return result["capability"], result["threads"], result["rate"]
 
 
-def determinism_cost(args: argparse.Namespace, folders: dict[int, Path]) -> None:
-    """Portable against machine kernels, alternating, the ratio of the medians per round."""
-    threads = args.threads or kernels.DEFAULT_THREADS
-    print(f"threads {threads}, {args.rounds} rounds, kernels: portable vs this machine's")
-    print("model     px  epochs  portable img/s  machine img/s  ratio (median)")
-    for name, size, epochs in (case for case in CASES if case[0] in args.models):
-        p = params.parse({"train": {"model": name, "epochs": epochs, "num_threads": threads}})
-        rates: dict[str, list[float]] = {"portable": [], "machine": []}
-        ratios, seen = [], {}
+def compare_loops(args: argparse.Namespace, folders: dict) -> None:
+    print(f"\n1. train stage against a bare loop, same settings ({args.rounds} rounds)")
+    print(
+        "| model | px | channels | epochs | threads | train stage img/s | bare loop img/s | ratio |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for name, size, channels, epochs in (c for c in CASES if c[0] in args.models):
+        p = train_params(name, epochs)
+        stage, bare, ratios = [], [], []
         for round_ in range(args.rounds):
-            order = ("portable", "machine") if round_ % 2 == 0 else ("machine", "portable")
-            got = {mode: in_child(mode, p.train, folders[size]) for mode in order}
-            for mode, (capability, rate) in got.items():
-                rates[mode].append(rate)
-                seen[mode] = capability
-            ratios.append(got["portable"][1] / got["machine"][1])
+            runs = (stage_loop, bare_loop) if round_ % 2 == 0 else (bare_loop, stage_loop)
+            rates = {run.__name__: run(p, folders[size, channels]) for run in runs}
+            stage.append(rates["stage_loop"])
+            bare.append(rates["bare_loop"])
+            ratios.append(rates["stage_loop"] / rates["bare_loop"])
+        per_round = ", ".join(f"{r:.3f}" for r in ratios)
         print(
-            f"{name:9} {size:3} {epochs:6}  {statistics.median(rates['portable']):14.0f}  "
-            f"{statistics.median(rates['machine']):13.0f}  {statistics.median(ratios):.3f} "
-            f"(per round: {', '.join(f'{r:.3f}' for r in ratios)}; kernels {seen['portable']} "
-            f"vs {seen['machine']})"
+            f"| {name} | {size} | {channels} | {epochs} | {torch.get_num_threads()} "
+            f"| {statistics.median(stage):.0f} | {statistics.median(bare):.0f} "
+            f"| {statistics.median(ratios):.3f} ({per_round}) |"
         )
+
+
+def compare_settings(args: argparse.Namespace, folders: dict) -> None:
+    print(f"\n2. what the settings cost: the bare loop in child processes ({args.rounds} rounds)")
+    print("| model | px | setting | kernels | threads | img/s | of the fastest |")
+    print("|---|---|---|---|---|---|---|")
+    for name, size, channels, epochs in (c for c in CASES if c[0] in args.models):
+        p = train_params(name, epochs)
+        rates: dict[str, list[float]] = {s: [] for s in SETTINGS}
+        ran: dict[str, tuple[str, int]] = {}
+        for round_ in range(args.rounds):
+            order = list(SETTINGS) if round_ % 2 == 0 else list(reversed(SETTINGS))
+            for setting in order:
+                capability, threads, rate = in_child(setting, p, folders[size, channels])
+                rates[setting].append(rate)
+                ran[setting] = (capability, threads)
+        fastest = statistics.median(rates["fastest"])
+        for setting, measured in rates.items():
+            rate = statistics.median(measured)
+            capability, threads = ran[setting]
+            print(
+                f"| {name} | {size} | {setting} | {capability} | {threads} | {rate:.0f} "
+                f"| {rate / fastest:.3f} |"
+            )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--images-per-class", type=int, default=400)
-    parser.add_argument("--threads", type=int, default=0, help="0: torch's default")
-    parser.add_argument("--models", nargs="+", default=[name for name, _, _ in CASES])
-    parser.add_argument("--determinism", action="store_true", help="portable vs machine kernels")
+    parser.add_argument("--models", nargs="+", default=[c[0] for c in CASES])
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--deterministic", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         p = params.TrainParams.model_validate_json(args.child[0])
-        print(f"{torch.backends.cpu.get_cpu_capability()} {stage_loop(p, Path(args.child[1]))}")
+        rate = bare_loop(p, Path(args.child[1]), args.deterministic)
+        capability = torch.backends.cpu.get_cpu_capability()
+        print(
+            json.dumps({"capability": capability, "threads": torch.get_num_threads(), "rate": rate})
+        )
         return
     with tempfile.TemporaryDirectory() as tmp:
         folders = prepare(Path(tmp), args.images_per_class)
-        if args.determinism:
-            determinism_cost(args, folders)
-            return
-        print(f"threads {args.threads or torch.get_num_threads()}, {args.rounds} rounds")
-        print("model     px  epochs  train stage img/s  bare loop img/s  ratio (median)")
-        for name, size, epochs in (case for case in CASES if case[0] in args.models):
-            p = params.parse(
-                {
-                    "train": {
-                        "model": name,
-                        "epochs": epochs,
-                        "num_threads": args.threads,
-                        "determinism": "portable" if args.threads else "machine",
-                    }
-                }
-            ).train
-            stage, bare, ratios = [], [], []
-            for round_ in range(args.rounds):
-                runs = (stage_loop, bare_loop) if round_ % 2 == 0 else (bare_loop, stage_loop)
-                rates = {run.__name__: run(p, folders[size]) for run in runs}
-                stage.append(rates["stage_loop"])
-                bare.append(rates["bare_loop"])
-                ratios.append(rates["stage_loop"] / rates["bare_loop"])
-            print(
-                f"{name:9} {size:3} {epochs:6}  {statistics.median(stage):17.0f}  "
-                f"{statistics.median(bare):15.0f}  {statistics.median(ratios):.3f} "
-                f"(per round: {', '.join(f'{r:.3f}' for r in ratios)})"
-            )
+        compare_loops(args, folders)
+        compare_settings(args, folders)
 
 
 if __name__ == "__main__":

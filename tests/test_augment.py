@@ -35,3 +35,41 @@ def test_erase_blanks_one_rectangle_per_image_within_the_bounds():
     assert torch.equal(zeroed, rows.unsqueeze(2) & cols.unsqueeze(1))  # a rectangle
     half = erase(x, torch.Generator().manual_seed(1), 0.5)
     assert 60 < int((half == 0).flatten(1).any(dim=1).sum()) < 140
+
+
+def test_the_picture_recipe_is_off_by_default_and_draws_per_image_when_on():
+    from cnnpipe.train.augment import PictureAugment
+
+    x = torch.randint(0, 256, (8, 3, 24, 24), dtype=torch.uint8)
+    y = torch.arange(8) % 4
+    off = PictureAugment(params.TrainParams(), 24, 3, 4)
+    assert not off.active and torch.equal(off.images(x), x)
+    assert off.mixed(x.float(), y)[1] is y
+    on = params.parse(
+        {"train": {"crop_scale": 0.3, "color_jitter": 0.4, "auto_augment": "trivial"}}
+    ).train
+    recipe = PictureAugment(on, 24, 3, 4)
+    torch.manual_seed(0)
+    once = recipe.images(x)
+    torch.manual_seed(0)
+    assert torch.equal(once, recipe.images(x))  # seeded by torch's generator
+    assert once.shape == x.shape and once.dtype == torch.uint8
+    moved = [not torch.equal(once[i], x[i]) for i in range(8)]
+    assert sum(moved) >= 6
+    # each image its own draw: the same image, repeated, comes out differently
+    same = recipe.images(x[:1].repeat(6, 1, 1, 1))
+    assert len({same[i].float().sum().item() for i in range(6)}) > 3
+
+
+def test_mixup_and_cutmix_give_class_probabilities():
+    from cnnpipe.train.augment import PictureAugment
+
+    both = params.parse({"train": {"mixup": 0.2, "cutmix": 1.0}}).train
+    recipe = PictureAugment(both, 16, 1, 5)
+    x, y = torch.randn(10, 1, 16, 16), torch.arange(10) % 5
+    for seed in range(4):
+        torch.manual_seed(seed)
+        mixed, target = recipe.mixed(x, y)
+        assert mixed.shape == x.shape and target.shape == (10, 5)
+        assert torch.allclose(target.sum(dim=1), torch.ones(10))
+        assert (target.max(dim=1).values < 1).any()  # some image holds two classes

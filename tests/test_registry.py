@@ -66,3 +66,59 @@ def test_efficientnet_b0_residual_blocks_start_as_the_identity():
     assert len(residual) == 9
     assert all(torch.count_nonzero(m.block[-1][1].weight) == 0 for m in residual)
     assert all(m.stochastic_depth.p == 0 for m in residual)
+
+
+@pytest.fixture
+def torch_home(tmp_path, monkeypatch):
+    """A TORCH_HOME whose hub cache holds generated weights under torchvision's own file names
+    (torchvision loads a cached file without checking its hash: no download)."""
+    import torch.hub
+    from torchvision import models
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)  # a set_dir() elsewhere would win
+    saved = {}
+    for name in ("resnet18", "efficientnet_b0", "densenet121"):
+        weights = models.get_model_weights(name).DEFAULT
+        torch.manual_seed(len(name))
+        state = getattr(models, name)(weights=None).state_dict()
+        target = tmp_path / "hub" / "checkpoints" / weights.url.rsplit("/", 1)[-1]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, target)
+        saved[name] = state
+    return saved
+
+
+@pytest.mark.parametrize("name", ["resnet18", "efficientnet_b0", "densenet121"])
+def test_pretrained_weights_come_from_torch_home_with_a_new_head_and_an_adapted_stem(
+    torch_home, name
+):
+    model = registry.build(name, 1, 4, 64, pretrained=True)
+    state, saved = model.state_dict(), torch_home[name]
+    head, stem = registry.head_name(model), registry.first_conv_name(model) + ".weight"
+    assert state[head + ".weight"].shape[0] == 4  # the classes of this data
+    assert torch.equal(state[stem], registry.adapt_filters(saved[stem], 1))  # RGB summed
+    body = [k for k in saved if not k.startswith(head) and k != stem]
+    assert body and all(torch.equal(state[k], saved[k]) for k in body)
+    mean, std = registry.pretrained_statistics(name, 3)
+    assert mean == [0.485, 0.456, 0.406] and std == [0.229, 0.224, 0.225]
+    assert registry.pretrained_statistics(name, 1) == ([0.449], [0.226])
+
+
+def test_pretrained_weights_missing_offline_name_the_file_to_fetch(tmp_path, monkeypatch):
+    import socket
+
+    import torch.hub
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+
+    def no_network(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    with pytest.raises(CnnpipeError) as caught:
+        registry.build("resnet18", 3, 4, 64, pretrained=True)
+    message = str(caught.value)
+    expected = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    assert "\n" not in message and str(expected) in message and "pretrained: false" in message

@@ -4,6 +4,7 @@ Which architectures exist, and what each needs of its input, is cnnpipe.core.arc
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -135,15 +136,34 @@ def _torchvision(name: str, num_classes: int, pretrained: bool) -> nn.Module:
             _zero_init_mbconv(model)
             _small_head(model)
         return model
+    weights = models.get_model_weights(name).DEFAULT
     try:
-        model = builder(weights="DEFAULT")
+        model = builder(weights=weights)
     except Exception as exc:  # any download or cache failure
+        import torch.hub
+
+        where = Path(torch.hub.get_dir()) / "checkpoints" / weights.url.rsplit("/", 1)[-1]
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise CnnpipeError(
-            f"pretrained weights for {name} could not be loaded ({exc}); "
-            "set train.pretrained: false or put the weights in the torch hub cache"
+            f"train.pretrained: torchvision's {weights} weights for {name} could not be loaded "
+            f"({reason}); download {weights.url} to {where} (TORCH_HOME sets the folder), or "
+            "set train.pretrained: false"
         ) from None
     _replace_head(model, num_classes)
     return model
+
+
+def pretrained_statistics(name: str, channels: int) -> tuple[list[float], list[float]]:
+    """The per-channel mean and std torchvision's weights for `name` were trained with (the
+    input must be normalised with them); for one channel, their average, as the adapted first
+    convolution sums the RGB filters."""
+    from torchvision import models
+
+    preset = models.get_model_weights(name).DEFAULT.transforms()
+    mean, std = list(preset.mean), list(preset.std)
+    if channels == 1:
+        return [round(sum(mean) / 3, 6)], [round(sum(std) / 3, 6)]
+    return mean, std
 
 
 def build(

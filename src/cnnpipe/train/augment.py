@@ -59,3 +59,49 @@ def erase(
         & (u[:, 4] < probability).view(-1, 1, 1)
     )
     return x.masked_fill(inside.unsqueeze(1).to(x.device), 0.0)
+
+
+class PictureAugment:
+    """The recipe for pictures, from torchvision.transforms.v2: a random resized crop, colour
+    jitter and TrivialAugment or RandAugment on each uint8 image of a batch (each image its own
+    draw: v2 transforms draw once per call, so a whole-batch call would move every image alike),
+    then MixUp or CutMix on the normalised batch. Every piece is a train param and off at 0 /
+    none; v2 draws from torch's global generator, which the training seeds."""
+
+    def __init__(self, params: TrainParams, image_size: int, channels: int, classes: int) -> None:
+        from torchvision.transforms import v2  # imported when needed: it doubles torch's import
+
+        pieces: list = []
+        if params.crop_scale < 1.0:
+            pieces.append(
+                v2.RandomResizedCrop(image_size, scale=(params.crop_scale, 1.0), antialias=True)
+            )
+        if params.color_jitter > 0 and channels == 3:
+            strength = params.color_jitter
+            pieces.append(v2.ColorJitter(strength, strength, strength, hue=min(0.5, strength / 4)))
+        if params.auto_augment == "trivial":
+            pieces.append(v2.TrivialAugmentWide())
+        elif params.auto_augment == "rand":
+            pieces.append(v2.RandAugment())
+        self.per_image = v2.Compose(pieces) if pieces else None
+        mixes = [v2.MixUp(alpha=params.mixup, num_classes=classes)] if params.mixup > 0 else []
+        if params.cutmix > 0:
+            mixes.append(v2.CutMix(alpha=params.cutmix, num_classes=classes))
+        self.mix = v2.RandomChoice(mixes) if mixes else None
+
+    @property
+    def active(self) -> bool:
+        return self.per_image is not None or self.mix is not None
+
+    def images(self, x: torch.Tensor) -> torch.Tensor:
+        """Each uint8 image (C, H, W) of the batch through the per-image pieces."""
+        if self.per_image is None:
+            return x
+        return torch.stack([self.per_image(image) for image in x])
+
+    def mixed(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """MixUp or CutMix of a normalised batch: the images and their class probabilities
+        (targets for the loss); the labels as they are without mixing."""
+        if self.mix is None:
+            return x, y
+        return self.mix(x, y)

@@ -28,7 +28,7 @@ from cnnpipe.core.errors import CnnpipeError
 from cnnpipe.core.params import TrainParams
 from cnnpipe.model.inference import Placement, predict
 from cnnpipe.model.registry import head_name
-from cnnpipe.train.augment import augment, erase
+from cnnpipe.train.augment import PictureAugment, augment, erase
 from cnnpipe.train.batches import batches, resident, shuffled_order
 from cnnpipe.train.distributed import ONE_PROCESS, ProcessRank, per_process_batch, reduce_sums
 from cnnpipe.train.optim import make_optimizer, make_scheduler
@@ -145,6 +145,8 @@ def fit(
         average = get_ema_multi_avg_fn(params.ema_decay)
         ema = AveragedModel(model, multi_avg_fn=average, use_buffers=True)
     generator = torch.Generator().manual_seed(params.seed + rank.rank)
+    classes = model.get_submodule(head_name(model)).out_features
+    pictures = PictureAugment(params, train.images.shape[-1], train.images.shape[1], classes)
 
     result, best_state, since_best = FitResult(), None, 0
     for epoch in range(1, resolved(params.epochs) + 1):
@@ -156,14 +158,15 @@ def fit(
         order = shuffled_order(len(train_y), params.seed, epoch, rank)
         seen, correct, loss_sum = 0, 0, torch.zeros((), device=device)
         for x, y in batches(train_x, train_y, batch_size, order):
-            x, y = placement.inputs(x, y)
+            x, y = placement.inputs(pictures.images(x), y)
             if params.augment:
                 x = augment(x, generator, params)
             if params.erase > 0:
                 x = erase(x, generator, params.erase)
+            x, target = pictures.mixed(x, y)
             with placement.precision():
                 logits = trained(x)
-                loss = loss_fn(logits.float(), y)
+                loss = loss_fn(logits.float(), target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
