@@ -1,10 +1,13 @@
 """Model quality with default params: the real pipeline (`dvc repro`) for each architecture on
 each data source, in a scratch copy of this checkout, and one table of what came out.
 
-For every source it generates and processes the data once; for every model it sets only
+For every source it generates and processes the data; for every model it sets only
 `train.model` (and `generate.source`, `generate.folder`) and reproduces train and evaluate. It
-prints test accuracy, macro F1, the epochs run (early stopping may end a run sooner), the best
-epoch, the training seconds and images/s (from the MLflow run) and the train stage's wall time.
+prints the input the `auto` process params chose (channels x px), test accuracy, macro F1, the
+epochs run (early stopping may end a run sooner), the best epoch, the training seconds and
+images/s (from the MLflow run) and the train stage's wall time. The test split is a random,
+stratified part of the data, or, for a folder with train/ and test/, the folder's own test/:
+pictures the model never saw (the table's `test` column says which).
 
     python bench/quality.py                                  # 4 models x shapes, digits
     python bench/quality.py --sources digits --models lenet5
@@ -118,10 +121,14 @@ def main() -> None:
             record = training_record(root)
             split = json.loads((root / "metrics/process/split.json").read_text())
             images = sum(split["train"].values()) * summary["epochs_run"]
+            used = yaml.safe_load((root / "metrics/process/params.yaml").read_text())
+            report = json.loads((root / "metrics/generate/report.json").read_text())
             rows.append(
                 (
                     source,
                     model,
+                    f"{used['channels']}x{used['image_size']}",
+                    "given" if report["images_per_given_split"].get("test") else "random",
                     scores["test_accuracy"],
                     scores["test_f1_macro"],
                     summary["epochs_run"],
@@ -134,14 +141,14 @@ def main() -> None:
             print(f"quality: {rows[-1]}", flush=True)
     print(f"\nextra params: {extra or 'none'}; projects in {base if args.keep else '(removed)'}")
     print(
-        "| data | model | test accuracy | macro F1 | epochs run | best epoch | training s "
-        "| images/s | train stage s |"
+        "| data | model | input | test | test accuracy | macro F1 | epochs run | best epoch "
+        "| training s | images/s | train stage s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
-    for source, model, acc, f1, run, best, train_s, rate, stage_s in rows:
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for source, model, shape, test, acc, f1, run, best, train_s, rate, stage_s in rows:
         print(
-            f"| {source} | {model} | {acc:.4f} | {f1:.4f} | {run} | {best} | {train_s:.0f} "
-            f"| {rate:.0f} | {stage_s:.0f} |"
+            f"| {source} | {model} | {shape} | {test} | {acc:.4f} | {f1:.4f} | {run} | {best} "
+            f"| {train_s:.0f} | {rate:.0f} | {stage_s:.0f} |"
         )
     if not args.keep:
         shutil.rmtree(base)

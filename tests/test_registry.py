@@ -122,3 +122,17 @@ def test_pretrained_weights_missing_offline_name_the_file_to_fetch(tmp_path, mon
     message = str(caught.value)
     expected = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
     assert "\n" not in message and str(expected) in message and "pretrained: false" in message
+
+
+def test_a_model_from_imagenet_weights_takes_its_input_as_they_were_trained():
+    from cnnpipe.core import params
+    from cnnpipe.core.dataset import InputSpec
+    from cnnpipe.train.session import model_input
+
+    spec = InputSpec(classes=["a", "b"], image_size=64, channels=3, mean=[0.5] * 3, std=[0.2] * 3)
+    scratch = params.parse({"train": {"model": "resnet18"}}).train
+    assert model_input(scratch, spec) == spec  # the train split's own statistics
+    weights = scratch.model_copy(update={"pretrained": True})
+    used = model_input(weights, spec)
+    assert used.mean == [0.485, 0.456, 0.406] and used.std == [0.229, 0.224, 0.225]
+    assert used.classes == spec.classes and used.image_size == 64

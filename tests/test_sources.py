@@ -11,11 +11,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import Project, encode, stages_run, tiny_params
-from image_folders import BAD, GOOD, add_hostile, folder_params, make_folder, picture, png_header
+from image_folders import (
+    BAD,
+    GOOD,
+    add_hostile,
+    folder_params,
+    make_folder,
+    make_split_folder,
+    picture,
+    png_header,
+)
 from PIL import Image
 
 from cnnpipe.core import params, preprocess
-from cnnpipe.core.dataset import LABELS_FILE, read_spec
+from cnnpipe.core.dataset import LABELS_FILE, read_spec, read_split
 from cnnpipe.data import report as datareport
 from cnnpipe.data import sources
 
@@ -163,6 +172,31 @@ def test_a_folder_runs_through_dvc_repro_end_to_end(workspace: Project, tmp_path
     with open(project.root / "data/raw" / LABELS_FILE) as f:
         assert sum(1 for _ in f) == 1 + 14
     assert "process" in json.loads(project.dvc("status", "--json").stdout)
+
+    # The layout data sets are downloaded in: train/ and test/, each with the class folders,
+    # one test picture also (re-encoded) in train/.
+    for label in GOOD:
+        (root / "train").mkdir(exist_ok=True)
+        (root / label).rename(root / "train" / label)
+    make_split_folder(root, {"test": 2}, classes=tuple(GOOD))
+    leaked = Image.open(root / "test" / "fish" / "0.png")
+    (root / "train" / "fish" / "leaked.png").write_bytes(encode(leaked, "PNG", optimize=True))
+    result = project.dvc("repro", "process")
+    assert stages_run(result.stdout) == ["generate", "process"]
+    (warning,) = [line for line in result.stdout.splitlines() if "warning" in line]
+    assert "1 picture(s) are in more than one of the folder's splits" in warning
+    report = json.loads((project.root / "metrics/generate/report.json").read_text())
+    assert report["layout"] == "train/ + test/ (splits as given)"
+    test = read_split(project.root / "data/processed", "test")
+    assert sorted(test.files) == sorted(
+        f"images/test/{label}/{k}.png" for label in GOOD for k in range(2)
+    )
+    found = json.loads((project.root / "metrics/process/duplicates.json").read_text())
+    assert found["groups_across_given_splits"] == 1
+    assert found["examples"][0]["files"] == [
+        "images/train/fish/leaked.png",
+        "images/test/fish/0.png",
+    ]
 
 
 def test_the_generate_stage_imports_neither_torch_nor_mlflow():

@@ -36,6 +36,15 @@ def starts_from_checkpoint(p: TrainParams) -> bool:
     return True
 
 
+def model_input(p: TrainParams, spec: InputSpec) -> InputSpec:
+    """What the model takes: the processed data's, normalised as torchvision's weights were
+    trained when it starts from them (the train split's own statistics otherwise)."""
+    if not p.pretrained:
+        return spec
+    mean, std = registry.pretrained_statistics(p.model, spec.channels)
+    return spec.model_copy(update={"mean": mean, "std": std})
+
+
 def check(p: TrainParams) -> None:
     """What can be checked before any process starts or any output is written."""
     per_process_batch(p.batch_size, p.nproc)
@@ -57,11 +66,8 @@ def train(
     train_split, val = (read_split(processed, s, mmap=None) for s in ("train", "val"))
     make_deterministic(p.seed, kernels.process_threads(p.num_threads))
     model = registry.build(p.model, spec.channels, len(spec.classes), spec.image_size, p.pretrained)
-    started = "from scratch"
-    if p.pretrained:  # the input as the weights were trained on it
-        mean, std = registry.pretrained_statistics(p.model, spec.channels)
-        spec = spec.model_copy(update={"mean": mean, "std": std})
-        started = "from torchvision's ImageNet weights"
+    spec = model_input(p, spec)
+    started = "from torchvision's ImageNet weights" if p.pretrained else "from scratch"
     if starts_from_checkpoint(p):
         started = warm_start.load_initial_weights(model, Path(p.init_from), p.model, spec.classes)
     freeze = p.freeze_epochs if starts_from_checkpoint(p) else 0
