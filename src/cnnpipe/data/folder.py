@@ -280,8 +280,10 @@ def list_folder(folder: str, hash_cache: Path | None = None) -> Listing:
         part_folders = {NO_SPLIT: root}
     found: dict[str, dict[str, list[tuple[Path, os.stat_result]]]] = {}
     for part, part_root in part_folders.items():
-        classes = top if part == NO_SPLIT else _top_folders(part_root, folder, listing)
-        found[part] = {label: _walk(path, real, listing.skipped) for label, path in classes.items()}
+        class_folders = top if part == NO_SPLIT else _top_folders(part_root, folder, listing)
+        found[part] = {
+            label: _walk(path, real, listing.skipped) for label, path in class_folders.items()
+        }
     counts = {
         part: {label: len(f) for label, f in classes.items()} for part, classes in found.items()
     }

@@ -106,9 +106,9 @@ def split_indices(
     in_pool[pool] = True
     group_of: dict[int, list[int]] = {}
     for group in groups:
-        members = [i for i in group if in_pool[i]]
-        for i in members:
-            group_of[i] = members
+        pooled = [i for i in group if in_pool[i]]
+        for i in pooled:
+            group_of[i] = pooled
     placed: dict[tuple[str, str], int] = {}
     rng = np.random.default_rng(params.seed)
     ratios = {"test": params.test_ratio, "val": params.val_ratio}
@@ -159,8 +159,9 @@ def duplicates_report(
     return {
         "method": (
             "identical files, or perceptual hashes (phash and dhash) within "
-            f"{duplicates.MAX_BITS} bits, confirmed by pixels: standardised {duplicates.CONFIRM_SIZE}"
-            f" px grey copies differing by under {duplicates.MAX_DIFFERENCE:g} on average"
+            f"{duplicates.MAX_BITS} bits, confirmed by the pixels: standardised "
+            f"{duplicates.CONFIRM_SIZE} px grey copies differing by under "
+            f"{duplicates.MAX_DIFFERENCE:g} on average"
         ),
         "groups": len(groups),
         "images_in_groups": sum(len(g) for g in groups),

@@ -145,8 +145,11 @@ def fit(
         average = get_ema_multi_avg_fn(params.ema_decay)
         ema = AveragedModel(model, multi_avg_fn=average, use_buffers=True)
     generator = torch.Generator().manual_seed(params.seed + rank.rank)
-    classes = model.get_submodule(head_name(model)).out_features
-    pictures = PictureAugment(params, train.images.shape[-1], train.images.shape[1], classes)
+    head = model.get_submodule(head_name(model))
+    assert isinstance(head, nn.Linear)  # head_name finds the last Linear layer
+    pictures = PictureAugment(
+        params, train.images.shape[-1], train.images.shape[1], head.out_features
+    )
 
     result, best_state, since_best = FitResult(), None, 0
     for epoch in range(1, resolved(params.epochs) + 1):
