@@ -231,7 +231,7 @@ def background(rng: np.random.Generator, size: int) -> Image.Image:
         )
     image = image.filter(ImageFilter.GaussianBlur(rng.uniform(4, 14)))
     draw = ImageDraw.Draw(image)
-    for _ in range(int(rng.integers(1, 8))):
+    for _ in range(int(rng.integers(0, 6))):
         x0, y0, x1, y1 = rng.uniform(0, size, 4)
         shade = tuple(int(v) for v in rng.integers(0, 256, 3))
         kind = rng.integers(5)
@@ -269,13 +269,13 @@ def picture(label: str, traits: dict, rng: np.random.Generator) -> Image.Image:
         obj = obj.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     obj = obj.rotate(rng.uniform(-25, 25), resample=Image.Resampling.BICUBIC)
     scene = background(rng, CANVAS)
-    scale = rng.uniform(0.4, 1.0)
+    scale = rng.uniform(0.5, 1.0)
     side = int(CANVAS * scale)
     obj = obj.resize((side, side), Image.Resampling.LANCZOS)
     room = CANVAS - side
     offset = (int(rng.uniform(0, room + 1)), int(rng.uniform(0, room + 1)))
     scene.paste(obj, offset, obj)
-    if rng.random() < 0.3:  # something in front of part of the object
+    if rng.random() < 0.2:  # something in front of part of the object
         draw = ImageDraw.Draw(scene)
         x, y = offset[0] + rng.uniform(0, side), offset[1] + rng.uniform(0, side)
         r = rng.uniform(0.1, 0.25) * side

@@ -16,6 +16,11 @@ values), two tables:
    rate is the median over the rounds, and its ratio is to the fastest.
 
     python bench/train.py [--rounds 5] [--images-per-class 400] [--models lenet5 resnet18]
+    python bench/train.py --pieces            # 3. what each piece of the recipe for pictures costs
+
+3. With --pieces, instead: the train stage's loop with each piece of the recipe for pictures
+   switched on alone (`train.flip`, `crop_scale`, `color_jitter`, `auto_augment`, `mixup` and
+   `cutmix`), against the loop with none of them, alternating; the ratio is to that baseline.
 
 Model building and data preparation are outside the clocks; both loops are timed over all their
 epochs by the wall clock.
@@ -201,11 +206,45 @@ def compare_settings(args: argparse.Namespace, folders: dict) -> None:
             )
 
 
+PIECES = {
+    "flip": {"flip": True},
+    "crop_scale 0.35": {"crop_scale": 0.35},
+    "color_jitter 0.4": {"color_jitter": 0.4},
+    "auto_augment trivial": {"auto_augment": "trivial"},
+    "auto_augment rand": {"auto_augment": "rand"},
+    "mixup 0.2 + cutmix 1.0": {"mixup": 0.2, "cutmix": 1.0},
+}
+
+
+def compare_pieces(args: argparse.Namespace, folders: dict) -> None:
+    print(f"\n3. what each piece of the recipe for pictures costs ({args.rounds} rounds)")
+    print("| model | px | piece | train stage img/s | without it | ratio |")
+    print("|---|---|---|---|---|---|")
+    for name, size, channels, epochs in (c for c in CASES if c[0] in args.models):
+        base = train_params(name, epochs)
+        for piece, changes in PIECES.items():
+            with_it = base.model_copy(update=changes)
+            on, off, ratios = [], [], []
+            for round_ in range(args.rounds):
+                pair = (with_it, base) if round_ % 2 == 0 else (base, with_it)
+                rates = [stage_loop(p, folders[size, channels]) for p in pair]
+                if round_ % 2:
+                    rates.reverse()
+                on.append(rates[0])
+                off.append(rates[1])
+                ratios.append(rates[0] / rates[1])
+            print(
+                f"| {name} | {size} | {piece} | {statistics.median(on):.0f} "
+                f"| {statistics.median(off):.0f} | {statistics.median(ratios):.3f} |"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--images-per-class", type=int, default=400)
     parser.add_argument("--models", nargs="+", default=[c[0] for c in CASES])
+    parser.add_argument("--pieces", action="store_true", help="what each recipe piece costs")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--deterministic", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -219,6 +258,9 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         folders = prepare(Path(tmp), args.images_per_class)
+        if args.pieces:
+            compare_pieces(args, folders)
+            return
         compare_loops(args, folders)
         compare_settings(args, folders)
 
