@@ -20,7 +20,8 @@ values), two tables:
 
 3. With --pieces, instead: the train stage's loop with each piece of the recipe for pictures
    switched on alone (`train.flip`, `crop_scale`, `color_jitter`, `auto_augment`, `mixup` and
-   `cutmix`), against the loop with none of them, alternating; the ratio is to that baseline.
+   `cutmix`), against the loop with none of them (flip off too), alternating; the ratio is to
+   that baseline.
 
 Model building and data preparation are outside the clocks; both loops are timed over all their
 epochs by the wall clock.
@@ -82,10 +83,11 @@ def prepare(root: Path, images_per_class: int) -> dict[tuple[int, int], Path]:
     return out
 
 
-def train_params(model: str, epochs: int, **changes: object) -> params.TrainParams:
-    """The default train params for `model`, `auto` values taken from its recipe."""
-    p = params.parse({"train": {"model": model, "epochs": epochs, **changes}}).train
-    return recipe.resolve(p)[0]
+def train_params(model: str, epochs: int, channels: int) -> params.TrainParams:
+    """The default train params for `model` on images of `channels` channels, `auto` values
+    resolved as the train stage resolves them."""
+    p = params.parse({"train": {"model": model, "epochs": epochs}}).train
+    return recipe.resolve(p, channels)[0]
 
 
 def stage_loop(p: params.TrainParams, folder: Path) -> float:
@@ -166,7 +168,7 @@ def compare_loops(args: argparse.Namespace, folders: dict) -> None:
     )
     print("|---|---|---|---|---|---|---|---|")
     for name, size, channels, epochs in (c for c in CASES if c[0] in args.models):
-        p = train_params(name, epochs)
+        p = train_params(name, epochs, channels)
         stage, bare, ratios = [], [], []
         for round_ in range(args.rounds):
             runs = (stage_loop, bare_loop) if round_ % 2 == 0 else (bare_loop, stage_loop)
@@ -187,7 +189,7 @@ def compare_settings(args: argparse.Namespace, folders: dict) -> None:
     print("| model | px | setting | kernels | threads | img/s | of the fastest |")
     print("|---|---|---|---|---|---|---|")
     for name, size, channels, epochs in (c for c in CASES if c[0] in args.models):
-        p = train_params(name, epochs)
+        p = train_params(name, epochs, channels)
         rates: dict[str, list[float]] = {s: [] for s in SETTINGS}
         ran: dict[str, tuple[str, int]] = {}
         for round_ in range(args.rounds):
@@ -221,7 +223,7 @@ def compare_pieces(args: argparse.Namespace, folders: dict) -> None:
     print("| model | px | piece | train stage img/s | without it | ratio |")
     print("|---|---|---|---|---|---|")
     for name, size, channels, epochs in (c for c in CASES if c[0] in args.models):
-        base = train_params(name, epochs)
+        base = train_params(name, epochs, channels).model_copy(update={"flip": False})
         for piece, changes in PIECES.items():
             with_it = base.model_copy(update=changes)
             on, off, ratios = [], [], []

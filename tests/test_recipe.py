@@ -6,12 +6,14 @@ from cnnpipe.train import recipe
 def test_auto_params_take_the_architectures_recipe_and_set_ones_stay():
     for name, arch in ARCHITECTURES.items():
         p = params.parse({"train": {"model": name}}).train
-        resolved, chosen = recipe.resolve(p)
-        assert chosen == {k: getattr(arch.recipe, k) for k in recipe.RECIPE_KEYS}
+        resolved, chosen = recipe.resolve(p, 1)
+        assert chosen == {k: getattr(arch.recipe, k) for k in recipe.RECIPE_KEYS} | {"flip": False}
         assert all(getattr(resolved, k) == v for k, v in chosen.items())
     p = params.parse({"train": {"model": "resnet18", "learning_rate": 0.3}}).train
-    resolved, chosen = recipe.resolve(p)
+    resolved, chosen = recipe.resolve(p, 3)
     assert resolved.learning_rate == 0.3 and "learning_rate" not in chosen
+    assert resolved.flip is True  # colour pictures are mirrored; grey ones (digits) are not
+    assert recipe.resolve(p.model_copy(update={"flip": False}), 3)[0].flip is False
     assert resolved.epochs == ARCHITECTURES["resnet18"].recipe.epochs
 
 

@@ -124,7 +124,9 @@ class TrainParams(Section):
     max_shift: int = Field(default=2, ge=0, le=64)  # pixels, each direction
     max_rotation: float = Field(default=10.0, ge=0.0, le=180.0)  # degrees, each direction
     max_zoom: float = Field(default=0.1, ge=0.0, lt=1.0)  # scale within 1 +- max_zoom
-    flip: bool = False  # mirror left-right too (wrong for digits and text)
+    # mirror left-right too, with augment; auto: for colour pictures, not for grey ones (digits
+    # and text are wrong mirrored)
+    flip: bool | Auto = AUTO
     erase: Fraction = 0.25  # probability of erasing a random rectangle of each training image
     # The recipe for pictures (torchvision.transforms.v2), each piece off at 1 / 0 / none:
     crop_scale: Annotated[float, Field(gt=0.0, le=1.0)] = (
@@ -194,8 +196,9 @@ def _describe(error: ErrorDetails) -> str:
     loc = error["loc"]
     if len(loc) > 2 and loc[-1] == f"literal[{AUTO!r}]":
         return ""  # the other member of the union (a number, or auto) says it
-    union = len(loc) > 2 and isinstance(loc[-1], str) and not loc[-1].isidentifier()
-    if union:  # a member of `number | auto`: name the key, and say that auto is allowed too
+    member = loc[-1] if len(loc) > 2 and isinstance(loc[-1], str) else ""
+    union = bool(member) and (not member.isidentifier() or member in ("bool", "int", "float"))
+    if union:  # a member of `number | auto` or `bool | auto`: name the key, and say auto too
         loc = loc[:-1]
     key = ".".join(str(p) for p in loc)
     value = error.get("input")

@@ -25,7 +25,7 @@ def augment(x: torch.Tensor, generator: torch.Generator, params: TrainParams) ->
     ).to(x)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    if params.flip:
+    if params.flip is True:  # `auto` is resolved before training (cnnpipe.train.recipe)
         mask = torch.rand(n, generator=generator) < 0.5
         x = torch.where(mask.to(x.device).view(-1, 1, 1, 1), x.flip(-1), x)
     return x

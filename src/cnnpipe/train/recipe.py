@@ -1,5 +1,6 @@
 """Train params set to `auto` take the values of the architecture's recipe
-(cnnpipe.core.architectures); the values a run actually used are what it records."""
+(cnnpipe.core.architectures), or of the data (`flip`: for colour pictures); the values a run
+actually used are what it records."""
 
 from __future__ import annotations
 
@@ -12,10 +13,13 @@ RECIPE_KEYS = ("learning_rate", "weight_decay", "epochs")
 N = TypeVar("N", int, float)
 
 
-def resolve(params: TrainParams) -> tuple[TrainParams, dict[str, float | int]]:
-    """The params with every `auto` value replaced by the recipe's, and those values by name."""
+def resolve(params: TrainParams, channels: int) -> tuple[TrainParams, dict[str, float | int]]:
+    """The params with every `auto` value replaced by the recipe's (or, for what depends on the
+    data, by what suits images of `channels` channels), and those values by name."""
     recipe = ARCHITECTURES[params.model].recipe
     chosen = {k: getattr(recipe, k) for k in RECIPE_KEYS if getattr(params, k) == AUTO}
+    if params.flip == AUTO:  # a photograph mirrored shows the same thing; a digit does not
+        chosen["flip"] = channels == 3
     return params.model_copy(update=chosen), chosen
 
 

@@ -61,8 +61,8 @@ def train(
     device: torch.device,
 ) -> None:
     """Train on the processed data; rank 0 writes model_file, live_dir and the MLflow run."""
-    p, chosen = recipe.resolve(p)
     spec = read_spec(processed)
+    p, chosen = recipe.resolve(p, spec.channels)
     train_split, val = (read_split(processed, s, mmap=None) for s in ("train", "val"))
     make_deterministic(p.seed, kernels.process_threads(p.num_threads))
     model = registry.build(p.model, spec.channels, len(spec.classes), spec.image_size, p.pretrained)
