@@ -13,9 +13,10 @@ from cnnpipe.data import split
 
 def main(raw: Path, processed: Path, split_file: Path, duplicates_file: Path, used: Path) -> None:
     p = params.load().process
-    model = params.load().train.model  # the size `auto` takes depends on it
+    model = params.load().train.model  # the size `auto` takes depends on it, and on the source
+    bundled = params.load().generate.source != "folder"
     with atomic_path(processed) as tmp:
-        done = split.write_processed(raw, tmp, p, model)
+        done = split.write_processed(raw, tmp, p, model, bundled)
     write_json(split_file, done.counts)
     write_json(duplicates_file, done.duplicates)
     with atomic_path(used) as tmp:

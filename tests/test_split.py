@@ -115,6 +115,9 @@ def test_auto_channels_and_size_fit_the_images_and_the_model(images, model, expe
     assert split.input_shape(params.ProcessParams(), images, model) == expected
     fixed = params.ProcessParams(channels=1, image_size=40)
     assert split.input_shape(fixed, images, model) == (1, 40)  # set by hand: as set
+    # shapes and digits take the model's smallest input, what their results are measured at
+    channels = expected[0]
+    assert split.input_shape(params.ProcessParams(), images, model, bundled=True) == (channels, 32)
 
 
 def test_copies_and_near_duplicates_are_found_and_reported_across_given_splits(tmp_path):

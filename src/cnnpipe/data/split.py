@@ -44,11 +44,15 @@ class Processed:
     resolved: dict[str, int]
 
 
-def input_shape(params: ProcessParams, images: list[RawImage], model: str) -> tuple[int, int]:
+def input_shape(
+    params: ProcessParams, images: list[RawImage], model: str, bundled: bool = False
+) -> tuple[int, int]:
     """(channels, image size): the params' values, `auto` resolved from the images and the
     model. Colour when the images carry colour (cnnpipe.data.fingerprint), grey otherwise; the
-    size a fixed-size model takes, else the images' median short side within the model's
-    smallest input and AUTO_MAX_SIZE."""
+    size a fixed-size model takes, else, for a folder, the images' median short side within the
+    model's smallest input and AUTO_MAX_SIZE; the `bundled` sources (shapes, digits) take the
+    model's smallest input, the size their results are measured at, at a quarter of the cost
+    of 64 px."""
     channels = params.channels
     if channels == AUTO:
         coloured = sum(image.colour for image in images) / max(1, len(images))
@@ -57,7 +61,7 @@ def input_shape(params: ProcessParams, images: list[RawImage], model: str) -> tu
     if size == AUTO:
         arch = ARCHITECTURES[model]
         sides = [min(i.width, i.height) for i in images if i.width and i.height]
-        typical = int(np.median(sides)) if sides else arch.min_size
+        typical = int(np.median(sides)) if sides and not bundled else arch.min_size
         size = arch.fixed_size or min(
             AUTO_MAX_SIZE, max(arch.min_size, typical // SIZE_STEP * SIZE_STEP)
         )
@@ -171,16 +175,18 @@ def duplicates_report(
     }
 
 
-def write_processed(raw: Path, out: Path, params: ProcessParams, model: str) -> Processed:
+def write_processed(
+    raw: Path, out: Path, params: ProcessParams, model: str, bundled: bool = False
+) -> Processed:
     """Split the raw dataset and write each split's CSV and uint8 arrays under `out`, `auto`
-    params resolved for `model`."""
+    params resolved for `model` (and for a `bundled` source: see input_shape)."""
     if not (raw / LABELS_FILE).exists():
         raise CnnpipeError(
             f"{raw / LABELS_FILE}: not found; run the generate stage first (dvc repro generate)"
         )
     images = read_raw_table(raw / LABELS_FILE)
     files, labels = [i.file for i in images], [i.label for i in images]
-    channels, size = input_shape(params, images, model)
+    channels, size = input_shape(params, images, model, bundled)
     classes = sorted(set(labels))
     index_of = {name: i for i, name in enumerate(classes)}
     groups = duplicates.groups(images, raw)
