@@ -63,7 +63,9 @@ def test_the_process_stage_refuses_a_size_the_model_cannot_take_before_writing(t
     params = tiny_params()
     params["process"]["image_size"] = 24
     params["train"]["model"] = "resnet18"
-    result = run_stage("process", params, tmp_path, "raw", "processed", "split.json")
+    result = run_stage(
+        "process", params, tmp_path, "raw", "processed", "split.json", "dups.json", "used.yaml"
+    )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0, result.stderr
     assert "process.image_size: 24 is below 32 px" in result.stderr

@@ -33,6 +33,8 @@ def test_a_fresh_copy_in_another_machines_environment_gives_identical_outputs(
         "metrics/generate/samples.png",
         "data/processed",
         "metrics/process/split.json",
+        "metrics/process/duplicates.json",
+        "metrics/process/params.yaml",
         "models/model.pt",
         "metrics/train/metrics.json",
         "metrics/train/params.yaml",
