@@ -1,3 +1,5 @@
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -111,3 +113,64 @@ def test_a_diverging_fit_stops_at_the_first_non_finite_loss():
     with pytest.raises(CnnpipeError, match=r"loss became (nan|inf) in epoch 1: training diverged"):
         fit(train_params(epochs=5, optimizer="sgd", learning_rate=1e12), seen.append)
     assert seen == []  # the diverged epoch is not reported as a result
+
+
+def as_saved(state: dict) -> dict:
+    """A state as it comes back from the file the train stage keeps (torch.save, then
+    torch.load with weights_only)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+def scores(result: loop.FitResult) -> list[tuple]:
+    """An epoch's record but its timings."""
+    return [(m.epoch, m.train_loss, m.val_accuracy, m.ema_val_accuracy) for m in result.history]
+
+
+def assert_resumes_to_the_same_bits(p, **kw):
+    """A fit stopped after any of its epochs and resumed from that epoch's state ends with the
+    weights and per-epoch metrics of the uninterrupted fit."""
+    states = []
+    model, result = fit(p, save_state=lambda s: states.append(as_saved(s)), **kw)
+    assert [s["epoch"] for s in states] == list(range(1, result.epochs_run + 1))
+    for state in states:
+        torch.manual_seed(1234)  # another start: the state must set everything
+        seen = []
+        resumed, again = fit(
+            p, seen.append, model=registry.build("lenet5", 1, 2, 32), resume_from=state, **kw
+        )
+        assert [m.epoch for m in seen] == list(range(state["epoch"] + 1, result.epochs_run + 1))
+        for name, value in model.state_dict().items():
+            assert torch.equal(value, resumed.state_dict()[name]), (state["epoch"], name)
+        assert scores(again) == scores(result)
+        assert (again.best_epoch, again.best_weights) == (result.best_epoch, result.best_weights)
+    return result
+
+
+def test_a_fit_resumed_after_any_epoch_ends_with_the_uninterrupted_bits():
+    """Augmentation, erasing and the moving average, each drawing on its own state."""
+    assert_resumes_to_the_same_bits(
+        train_params(epochs=4, augment=True, erase=0.5, ema_decay=0.9, warmup_epochs=1.0)
+    )
+
+
+def test_resuming_keeps_frozen_epochs_and_early_stopping():
+    assert_resumes_to_the_same_bits(train_params(epochs=3), freeze_epochs=2)
+    result = assert_resumes_to_the_same_bits(
+        train_params(epochs=30, patience=1, learning_rate=0.02)
+    )
+    assert result.epochs_run < 30  # a state after the stop resumes into no epoch at all
+
+
+def test_resuming_restores_torchs_global_generator(monkeypatch):
+    """What torchvision's transforms draw from: noise from torch's global generator is part of
+    every step, and the resumed fit draws what the uninterrupted one drew."""
+
+    def noisy(x, generator, params):
+        return augment(x, generator, params) + 0.05 * torch.randn(x.shape)
+
+    augment = loop.augment
+    monkeypatch.setattr(loop, "augment", noisy)
+    assert_resumes_to_the_same_bits(train_params(epochs=3, augment=True))

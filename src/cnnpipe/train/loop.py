@@ -4,12 +4,14 @@ Each epoch trains on the seeded order, then scores the model (and its exponentia
 when on) on the validation split; the better of the two is kept when it beats the best so far,
 and training stops early after `patience` epochs without a better one. One loop serves one
 process and many (see cnnpipe.train.distributed): the metrics are summed over all processes, so
-every process makes the same choices.
+every process makes the same choices. At the end of each epoch the loop can hand out its whole
+state, and it can go on from such a state as if it had never stopped (cnnpipe.train.resume).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 import random
@@ -33,6 +35,7 @@ from cnnpipe.train.batches import batches, resident, shuffled_order
 from cnnpipe.train.distributed import ONE_PROCESS, ProcessRank, per_process_batch, reduce_sums
 from cnnpipe.train.optim import make_optimizer, make_scheduler
 from cnnpipe.train.recipe import resolved
+from cnnpipe.train.resume import global_rng, restore_global_rng
 
 
 @dataclass
@@ -113,18 +116,24 @@ def fit(
     on_epoch: Callable[[EpochMetrics], None] = lambda m: None,
     rank: ProcessRank = ONE_PROCESS,
     freeze_epochs: int = 0,
+    save_state: Callable[[dict], None] | None = None,
+    resume_from: dict | None = None,
 ) -> tuple[nn.Module, FitResult]:
     """Train for up to params.epochs; return the model with the best validation weights.
 
     With `freeze_epochs`, only the head trains for that many epochs (a model started from a
     checkpoint). In a distributed run every process calls this with its `rank`; `on_epoch` is
-    called on rank 0.
+    called on rank 0. `save_state` gets the whole state at the end of each epoch, before
+    `on_epoch`; given such a state as `resume_from`, the fit goes on after that state's epoch and
+    ends as it would have without the stop, bit for bit.
     """
     batch_size = per_process_batch(params.batch_size, rank.world_size)
     placement = Placement(device, mean, std, params.channels_last, params.mixed_precision == "bf16")
     # Module.to takes a device and a memory format at once; its stubs list them apart
     model.to(device=device, memory_format=placement.memory_format)  # type: ignore[call-overload]
-    freeze_all_but_head(model, freeze_epochs > 0)
+    first = 1 if resume_from is None else resume_from["epoch"] + 1
+    frozen = first <= freeze_epochs
+    freeze_all_but_head(model, frozen)
     trained = _wrapped(model, rank, placement)
     train_x, train_y = resident(train.images, device), torch.from_numpy(train.labels)
     # each process scores every world_size-th validation image; the sums are then combined
@@ -150,10 +159,16 @@ def fit(
     pictures = PictureAugment(
         params, train.images.shape[-1], train.images.shape[1], head.out_features
     )
+    trainers = (model, optimizer, scheduler, ema, generator)
 
     result, best_state, since_best = FitResult(), None, 0
-    for epoch in range(1, resolved(params.epochs) + 1):
-        if epoch == freeze_epochs + 1 and freeze_epochs > 0:
+    if resume_from is not None:
+        result, best_state, since_best = _restore(resume_from, *trainers)
+    for epoch in range(first, resolved(params.epochs) + 1):
+        if params.patience and since_best >= params.patience:
+            break
+        if frozen and epoch > freeze_epochs:
+            frozen = False
             freeze_all_but_head(model, False)
             trained = _wrapped(model, rank, placement)
         trained.train()
@@ -208,14 +223,61 @@ def fit(
             since_best = 0
         else:
             since_best += 1
+        if save_state is not None:
+            save_state(_state(epoch, *trainers, result, best_state, since_best))
         if rank.is_main:
             on_epoch(metrics)
-        if params.patience and since_best >= params.patience:
-            break
     assert best_state is not None  # the first epoch beats best_val_accuracy's -1
     model.load_state_dict(best_state)
     freeze_all_but_head(model, False)
     return model.cpu().to(memory_format=torch.contiguous_format), result
+
+
+def _state(
+    epoch: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    ema: AveragedModel | None,
+    generator: torch.Generator,
+    result: FitResult,
+    best_state: dict | None,
+    since_best: int,
+) -> dict:
+    """All that the epochs after `epoch` depend on, as tensors and plain values (so that
+    `torch.load(weights_only=True)` reads it back); "rng" is this process's."""
+    return {
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "ema": None if ema is None else ema.state_dict(),
+        "best_state": best_state,
+        "since_best": since_best,
+        "result": dataclasses.asdict(result),
+        "rng": {"loop": generator.get_state(), **global_rng()},
+    }
+
+
+def _restore(
+    state: dict,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    ema: AveragedModel | None,
+    generator: torch.Generator,
+) -> tuple[FitResult, dict | None, int]:
+    """Put a `_state` back; returns the result so far, the best weights and the epochs since."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if ema is not None:
+        ema.load_state_dict(state["ema"])
+    generator.set_state(state["rng"]["loop"])
+    restore_global_rng(state["rng"])  # last: building the model and the rest drew from it
+    done = state["result"]
+    history = [EpochMetrics(**m) for m in done["history"]]
+    return FitResult(**{**done, "history": history}), state["best_state"], state["since_best"]
 
 
 def _wrapped(model: nn.Module, rank: ProcessRank, placement: Placement) -> nn.Module:
