@@ -91,3 +91,28 @@ def test_a_run_left_running_by_a_dead_process_is_closed_by_the_next(store):
     status = {name: client.get_run(run_id).info.status for name, run_id in ids.items()}
     assert status == {"killed": "KILLED", "alive": "RUNNING", "elsewhere": "RUNNING"}
     assert client.get_run(run.run_id).data.tags[tracking.PROCESS_TAG] == owners["alive"]
+
+
+def test_a_stopped_run_is_reopened_by_the_training_that_resumes_it(store):
+    """Closed as KILLED (by its own stop, or by the next run once its owner died), it runs
+    again under this process, its metrics going on at the next steps, and ends FINISHED."""
+    stopped = Run.start("resumed", {"train.epochs": 3}, {})
+    stopped.log_metrics({"val_loss": 0.9}, step=1)
+    stopped.end("KILLED")
+
+    run = Run.reopen(stopped.run_id)
+    client = mlflow.MlflowClient(store)
+    reopened = client.get_run(stopped.run_id)
+    assert run.run_id == stopped.run_id and reopened.info.status == "RUNNING"
+    assert reopened.data.tags[tracking.PROCESS_TAG] == processes.process_id()
+    assert run.logged_steps("val_loss") == {1}
+    run.log_metrics({"val_loss": 0.5}, step=2)
+    run.end()
+    history = client.get_metric_history(run.run_id, "val_loss")
+    assert [(m.step, m.value) for m in history] == [(1, 0.9), (2, 0.5)]
+    assert client.get_run(run.run_id).info.status == "FINISHED"
+
+    client.delete_run(run.run_id)
+    gone = Run.reopen(run.run_id)  # the training then starts a new run
+    assert gone.run_id is None and not gone.failed
+    assert Run.reopen("0" * 32).run_id is None

@@ -5,7 +5,7 @@ inside a temporary experiment copy, so every run lands where `mlflow ui` in the 
 `MLFLOW_TRACKING_URI` overrides it. Tracking never breaks a stage: the first failure prints one
 warning and the run goes quiet. Each run is tagged with the process that owns it; a run left
 RUNNING by a process that is gone (killed with SIGKILL, a crash, a reboot) is marked KILLED by the
-next run started on that host.
+next run started on that host, and reopened by the training that resumes it.
 """
 
 from __future__ import annotations
@@ -128,6 +128,31 @@ class Run:
         return run
 
     @classmethod
+    def reopen(cls, run_id: str) -> Run:
+        """A run of a training that stopped before it ended (marked KILLED or FAILED, or left
+        RUNNING by a process that is gone), RUNNING again and owned by this process, so that the
+        resumed training logs on into it. A run that is gone or deleted leaves run_id None."""
+        run = cls()
+
+        def reopen() -> None:
+            from mlflow.exceptions import MlflowException
+
+            client = run._client()
+            try:
+                found = client.get_run(run_id)
+            except MlflowException:  # another store, or the run was removed from this one
+                return
+            if found.info.lifecycle_stage != "active":
+                return
+            # the owner first: a run RUNNING under a dead owner is closed by any new run
+            client.set_tag(run_id, PROCESS_TAG, process_id())
+            client.update_run(run_id, status="RUNNING")  # as mlflow.start_run(run_id=...) does
+            run.run_id = run_id
+
+        run._guard("reopening the run", reopen)
+        return run
+
+    @classmethod
     def find(cls, model_hash: str) -> Run:
         """The latest run whose model has this hash (the training that produced it)."""
         run = cls()
@@ -157,6 +182,14 @@ class Run:
             self._client().log_batch(self.run_id, metrics=batch)
 
         self._active("logging metrics", log)
+
+    def logged_steps(self, key: str) -> set[int] | None:
+        """The steps at which the run has a value of metric `key` (None: no run, or no store)."""
+
+        def steps() -> set[int]:
+            return {m.step for m in self._client().get_metric_history(self.run_id, key)}
+
+        return self._active(f"reading {key}", steps)
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self._active(

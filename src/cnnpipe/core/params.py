@@ -137,6 +137,10 @@ class TrainParams(Section):
     mixup: float = Field(default=0.0, ge=0.0)  # MixUp's alpha
     cutmix: float = Field(default=0.0, ge=0.0)  # CutMix's alpha
     nproc: int = Field(default=1, ge=1)  # >1: DistributedDataParallel in that many processes
+    # keep the whole training state at the end of each epoch (outside DVC's outputs, in
+    # .dvc/tmp/cnnpipe/resume/) until the run completes, so that a re-run after a stop goes on
+    # from the last complete epoch to the bytes of an uninterrupted run (cnnpipe.train.resume)
+    resume: bool = True
 
     @model_validator(mode="after")
     def _fixed_threads(self) -> TrainParams:

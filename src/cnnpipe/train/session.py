@@ -1,6 +1,8 @@
 """One training run as the train stage does it: the data, the model (from scratch or from a
 checkpoint), the loop, and what it records: the checkpoint, dvclive's metrics, plots and the
-recipe values it used, and an MLflow run."""
+recipe values it used, and an MLflow run. A run that was stopped goes on from its last complete
+epoch (cnnpipe.train.resume): its earlier epochs are logged again into the fresh dvclive folder
+and its MLflow run is reopened, so both read as those of an uninterrupted run."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from cnnpipe.core.params import TrainParams
 from cnnpipe.core.preprocess import normalize
 from cnnpipe.model import checkpoint, registry
 from cnnpipe.tracking import MODEL_HASH_TAG, Run, dvc_tags, flatten, pipeline_params
-from cnnpipe.train import recipe, warm_start
+from cnnpipe.train import recipe, resume, warm_start
 from cnnpipe.train.distributed import ProcessRank, per_process_batch
 from cnnpipe.train.loop import EpochMetrics, FitResult, fit, make_deterministic
 
@@ -71,9 +73,21 @@ def train(
     if starts_from_checkpoint(p):
         started = warm_start.load_initial_weights(model, Path(p.init_from), p.model, spec.classes)
     freeze = p.freeze_epochs if starts_from_checkpoint(p) else 0
+    states = _epoch_states(p, processed, model_file, rank)
+    saved = states.load() if states else None
     if not rank.is_main:  # rank 0 logs and writes for every process
         fit(
-            model, train_split, val, spec.mean, spec.std, p, device, rank=rank, freeze_epochs=freeze
+            model,
+            train_split,
+            val,
+            spec.mean,
+            spec.std,
+            p,
+            device,
+            rank=rank,
+            freeze_epochs=freeze,
+            save_state=states.save if states else None,
+            resume_from=saved,
         )
         return
     parameters = registry.count_parameters(model)
@@ -86,19 +100,23 @@ def train(
     if chosen:
         values = ", ".join(f"{k} {v}" for k, v in chosen.items())
         stage.progress(f"train: {p.model}'s recipe for the auto params: {values}")
+    if states:
+        _report_states(p, states, saved)
+    done = [] if saved is None else [EpochMetrics(**m) for m in saved["result"]["history"]]
 
-    tags = dvc_tags()
-    # auto params as they were resolved: train's by the recipe, process's by the data
-    used = {
-        "train": p.model_dump(),
-        "process": {"channels": spec.channels, "image_size": spec.image_size},
-    }
-    logged = {**pipeline_params(), **flatten(used)}
-    run = Run.start(tags.get("dvc_exp_name", p.model), logged, tags)
+    run = _tracked_run(p, spec, saved)
+    for m in _unlogged(run, done):  # a stop between saving an epoch and logging it
+        run.log_metrics(_epoch_values(m), step=m.epoch)
+
+    def save_state(state: dict) -> None:
+        states.save({**state, "mlflow_run_id": run.run_id})
+
     try:
         with atomic_path(live_dir) as tmp:
             with Live(str(tmp), dvcyaml=False, save_dvc_exp=False, report=None) as live:
                 live.log_params({"recipe": p.model, **chosen})
+                for m in done:
+                    _log_live(m, live)
                 model, result = fit(
                     model,
                     train_split,
@@ -110,6 +128,8 @@ def train(
                     lambda m: _log_epoch(m, p, live, run),
                     rank,
                     freeze,
+                    save_state if states else None,
+                    saved,
                 )
                 live.summary.update(
                     best_epoch=result.best_epoch,
@@ -117,7 +137,8 @@ def train(
                     parameters=parameters,
                 )
         extra = {
-            "params": p.model_dump(),
+            # but `resume`: the model's bytes are the same whether or not the run could resume
+            "params": p.model_dump(exclude=resume.NOT_IN_KEY),
             "best_epoch": result.best_epoch,
             "best_val_accuracy": result.best_val_accuracy,
         }
@@ -129,9 +150,58 @@ def train(
         run.end("FAILED")
         raise
     _log_result(run, model, result, model_file, parameters, val.images[:2], spec)
+    if states:
+        states.remove()  # last: a stop before this resumes with nothing left to train
 
 
-def _log_epoch(m: EpochMetrics, p: TrainParams, live: Live, run: Run) -> None:
+def _epoch_states(
+    p: TrainParams, processed: Path, model_file: Path, rank: ProcessRank
+) -> resume.EpochStates | None:
+    """This run's saved states; None with `train.resume: false`, which removes any."""
+    if p.resume:
+        return resume.EpochStates.for_run(p, processed, model_file, rank)
+    if rank.is_main:
+        resume.discard(model_file)
+    return None
+
+
+def _report_states(p: TrainParams, states: resume.EpochStates, saved: dict | None) -> None:
+    if states.stale:
+        stage.progress("train: removed the saved state of a run with other params, data or code")
+    if saved is None:
+        return
+    last = saved["epoch"]
+    trained = last == p.epochs or 0 < p.patience <= saved["since_best"]
+    start = "with every epoch trained" if trained else f"from epoch {last + 1}/{p.epochs}"
+    stage.progress(f"train: resuming {start} (the state of epoch {last} in {states.path})")
+
+
+def _tracked_run(p: TrainParams, spec: InputSpec, saved: dict | None) -> Run:
+    """The MLflow run of a resumed training, reopened; else (or if it is gone) a new one."""
+    if saved is not None and saved.get("mlflow_run_id"):
+        run = Run.reopen(saved["mlflow_run_id"])
+        if run.run_id is not None or run.failed:
+            return run
+    tags = dvc_tags()
+    # auto params as they were resolved: train's by the recipe, process's by the data
+    used = {
+        "train": p.model_dump(),
+        "process": {"channels": spec.channels, "image_size": spec.image_size},
+    }
+    logged = {**pipeline_params(), **flatten(used)}
+    return Run.start(tags.get("dvc_exp_name", p.model), logged, tags)
+
+
+def _unlogged(run: Run, done: list[EpochMetrics]) -> list[EpochMetrics]:
+    """The epochs of a resumed training that its MLflow run lacks."""
+    if not done:
+        return []
+    logged = run.logged_steps("val_loss")
+    return [] if logged is None else [m for m in done if m.epoch not in logged]
+
+
+def _metrics(m: EpochMetrics) -> dict[str, float]:
+    """What dvclive records of an epoch."""
     values = {
         "train_loss": m.train_loss,
         "train_accuracy": m.train_accuracy,
@@ -140,11 +210,23 @@ def _log_epoch(m: EpochMetrics, p: TrainParams, live: Live, run: Run) -> None:
     }
     if m.ema_val_accuracy is not None:
         values["ema_val_accuracy"] = m.ema_val_accuracy
-    for name, value in values.items():
+    return values
+
+
+def _epoch_values(m: EpochMetrics) -> dict[str, float]:
+    """What MLflow records of an epoch."""
+    return {**_metrics(m), "learning_rate": m.learning_rate, "epoch_seconds": m.seconds}
+
+
+def _log_live(m: EpochMetrics, live: Live) -> None:
+    for name, value in _metrics(m).items():
         live.log_metric(name, round(value, 6))
     live.next_step()
-    extra = {"learning_rate": m.learning_rate, "epoch_seconds": m.seconds}
-    run.log_metrics({**values, **extra}, step=m.epoch)
+
+
+def _log_epoch(m: EpochMetrics, p: TrainParams, live: Live, run: Run) -> None:
+    _log_live(m, live)
+    run.log_metrics(_epoch_values(m), step=m.epoch)
     ema = f" ema {m.ema_val_accuracy:.3f}" if m.ema_val_accuracy is not None else ""
     stage.progress(
         f"train: epoch {m.epoch}/{p.epochs} loss {m.train_loss:.4f} "
