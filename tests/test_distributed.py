@@ -4,6 +4,7 @@ through the params switch and through torchrun, on tiny params."""
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import Project, clone, run_stage, tiny_params
+from conftest import REPO, Project, clone, free_port, run_stage, tiny_params
 
 from cnnpipe.core.dataset import read_split
 from cnnpipe.core.errors import CnnpipeError
@@ -128,7 +129,8 @@ def contents(root: Path, *folders: str) -> dict[str, str]:
 def test_kill_9_of_the_launcher_leaves_no_worker_and_changes_no_output(ddp_project: Project):
     """What the OOM killer does to `train.nproc: 2`: the launcher dies with SIGKILL while its
     two DDP workers train. Both stop within 10 s (rank 0 cleanly: its MLflow run is closed as
-    KILLED, its temporary outputs removed) and no output changes."""
+    KILLED, its temporary outputs removed) and no output changes; the state of their last
+    complete epoch stays, with both processes' generators."""
     project = ddp_project
     project.write_params(tiny_params(train={"nproc": 2, "epochs": 10_000}))
     before = contents(project.root, "data", "models", "metrics")
@@ -157,6 +159,83 @@ def test_kill_9_of_the_launcher_leaves_no_worker_and_changes_no_output(ddp_proje
     assert contents(project.root, "data", "models", "metrics") == before
     assert project.run("git", "status", "--porcelain").stdout == git_status
     assert not list((project.root / ".dvc/tmp/cnnpipe").glob(".*.tmp-*"))
+    (state,) = (project.root / ".dvc/tmp/cnnpipe/resume").iterdir()  # what a re-run goes on from
+    saved = torch.load(state, weights_only=True)
+    assert saved["epoch"] >= 2 and len(saved["rng"]) == 2
     with sqlite3.connect(project.root / "mlflow.db") as db:
         latest = db.execute("select status from runs order by start_time desc").fetchone()
     assert latest == ("KILLED",)
+
+
+# Two gloo processes: a fit, the same fit stopped after epoch 2 (its states kept as the train
+# stage keeps them), and a fit resumed from that state; each prints the md5 of its weights.
+RESUME = """
+import hashlib, sys
+from pathlib import Path
+import torch
+from test_loop import toy_split, train_params
+from cnnpipe.model import registry
+from cnnpipe.train import distributed, loop, resume
+
+class Stop(Exception):
+    pass
+
+def fit(p, rank, **kw):
+    loop.make_deterministic(p.seed, 1)
+    model = registry.build("lenet5", 1, 2, 32)
+    train, val = toy_split(40, 0), toy_split(12, 1)
+    model, _ = loop.fit(model, train, val, [0.5], [0.3], p, torch.device("cpu"), rank=rank, **kw)
+    weights = b"".join(v.numpy().tobytes() for v in model.state_dict().values())
+    return hashlib.md5(weights).hexdigest()
+
+def stop_after_2(state):
+    states.save(state)
+    if state["epoch"] == 2:
+        raise Stop
+
+with distributed.joined("cpu") as (rank, device):
+    p = train_params(epochs=4, augment=True, erase=0.5, ema_decay=0.9)
+    whole = fit(p, rank)
+    states = resume.EpochStates(Path(sys.argv[1]) if rank.is_main else None, rank)
+    try:
+        fit(p, rank, save_state=stop_after_2)
+    except Stop:
+        pass
+    saved = states.load()
+    torch.manual_seed(1234)
+    resumed = fit(p, rank, resume_from=saved)
+    print(rank.rank, saved["epoch"], whole, resumed, flush=True)
+"""
+
+
+def test_two_processes_resume_from_a_saved_epoch_to_the_same_bits(tmp_path):
+    """Rank 0 writes one state holding every process's generators (each samples its own
+    augmentations); each process gets its own back, and both end with the uninterrupted
+    weights."""
+    script, state = tmp_path / "resume.py", tmp_path / "state.pt"
+    script.write_text(RESUME)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO / "tests")]),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+        "WORLD_SIZE": "2",
+        "OMP_NUM_THREADS": "1",
+    }
+    workers = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(state)],
+            env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in range(2)
+    ]
+    outputs = [worker.communicate(timeout=120) for worker in workers]
+    assert all(w.returncode == 0 for w in workers), outputs
+    lines = sorted(out.split() for out, _ in outputs)
+    assert [line[:2] for line in lines] == [["0", "2"], ["1", "2"]]
+    assert all(whole == resumed for _, _, whole, resumed in lines), lines
+    rngs = torch.load(state, weights_only=True)["rng"]
+    assert len(rngs) == 2 and not torch.equal(rngs[0]["loop"], rngs[1]["loop"])
