@@ -17,11 +17,16 @@ values), two tables:
 
     python bench/train.py [--rounds 5] [--images-per-class 400] [--models lenet5 resnet18]
     python bench/train.py --pieces            # 3. what each piece of the recipe for pictures costs
+    python bench/train.py --resume            # 4. what saving the state each epoch costs
 
 3. With --pieces, instead: the train stage's loop with each piece of the recipe for pictures
    switched on alone (`train.flip`, `crop_scale`, `color_jitter`, `auto_augment`, `mixup` and
    `cutmix`), against the loop with none of them (flip off too), alternating; the ratio is to
    that baseline.
+4. With --resume, instead: the train stage's loop with and without saving its whole state at the
+   end of each epoch (`train.resume`, cnnpipe.train.resume, into a temporary folder on the disk
+   of the data), alternating; the ratio is with / without, and each save is timed and its file
+   sized.
 
 Model building and data preparation are outside the clocks; both loops are timed over all their
 epochs by the wall clock.
@@ -55,7 +60,7 @@ from cnnpipe.core import params  # noqa: E402
 from cnnpipe.core.dataset import read_spec, read_split  # noqa: E402
 from cnnpipe.data import sources, split  # noqa: E402
 from cnnpipe.model import registry  # noqa: E402
-from cnnpipe.train import loop, recipe  # noqa: E402
+from cnnpipe.train import loop, recipe, resume  # noqa: E402
 
 # model, image size, channels, epochs
 CASES = (("lenet5", 32, 1, 8), ("resnet18", 64, 3, 2))
@@ -90,14 +95,14 @@ def train_params(model: str, epochs: int, channels: int) -> params.TrainParams:
     return recipe.resolve(p, channels)[0]
 
 
-def stage_loop(p: params.TrainParams, folder: Path) -> float:
+def stage_loop(p: params.TrainParams, folder: Path, save_state=None) -> float:
     """Images per second of loop.fit, as the train stage calls it."""
     meta = read_spec(folder)
     train, val = (read_split(folder, s, mmap=None) for s in ("train", "val"))
     loop.make_deterministic(p.seed, p.num_threads)
     model = registry.build(p.model, meta.channels, len(meta.classes), meta.image_size)
     started = time.perf_counter()
-    loop.fit(model, train, val, meta.mean, meta.std, p, torch.device("cpu"))
+    loop.fit(model, train, val, meta.mean, meta.std, p, torch.device("cpu"), save_state=save_state)
     return p.epochs * len(train.labels) / (time.perf_counter() - started)
 
 
@@ -241,12 +246,49 @@ def compare_pieces(args: argparse.Namespace, folders: dict) -> None:
             )
 
 
+def resume_cost(args: argparse.Namespace, folders: dict) -> None:
+    """loop.fit with and without a state saved each epoch, alternating; the ratio of the rates
+    (with / without) per round, the seconds of each save and the state's bytes."""
+    print(f"\n4. what saving the state each epoch costs ({args.rounds} rounds)")
+    print("| model | px | epochs | without img/s | with img/s | ratio | save s | state MB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, size, channels, epochs in (c for c in CASES if c[0] in args.models):
+        p = train_params(name, epochs, channels)
+        folder = folders[size, channels]
+        states = resume.EpochStates(folder / "state" / "model.pt")
+        saves: list[float] = []
+
+        def timed_save(state: dict, states=states, saves=saves) -> None:
+            started = time.perf_counter()
+            states.save(state)
+            saves.append(time.perf_counter() - started)
+
+        rates: dict[str, list[float]] = {"without": [], "with": []}
+        ratios = []
+        for round_ in range(args.rounds):
+            order = ("without", "with") if round_ % 2 == 0 else ("with", "without")
+            got = {
+                mode: stage_loop(p, folder, timed_save if mode == "with" else None)
+                for mode in order
+            }
+            for mode, rate in got.items():
+                rates[mode].append(rate)
+            ratios.append(got["with"] / got["without"])
+        megabytes = states.path.stat().st_size / 1e6
+        print(
+            f"| {name} | {size} | {epochs} | {statistics.median(rates['without']):.0f} "
+            f"| {statistics.median(rates['with']):.0f} | {statistics.median(ratios):.3f} "
+            f"| {statistics.median(saves):.2f} | {megabytes:.1f} |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--images-per-class", type=int, default=400)
     parser.add_argument("--models", nargs="+", default=[c[0] for c in CASES])
     parser.add_argument("--pieces", action="store_true", help="what each recipe piece costs")
+    parser.add_argument("--resume", action="store_true", help="with vs without the epoch states")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--deterministic", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -262,6 +304,9 @@ def main() -> None:
         folders = prepare(Path(tmp), args.images_per_class)
         if args.pieces:
             compare_pieces(args, folders)
+            return
+        if args.resume:
+            resume_cost(args, folders)
             return
         compare_loops(args, folders)
         compare_settings(args, folders)
