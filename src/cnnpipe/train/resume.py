@@ -156,7 +156,7 @@ class EpochStates:
     def save(self, state: dict) -> None:
         """Keep `state`, whose "rng" holds this process's generators (rank 0 writes the file,
         with every process's)."""
-        rngs = [state["rng"]]
+        rngs: list | None = [state["rng"]]
         if self.rank.distributed:
             rngs = [None] * self.rank.world_size if self.rank.is_main else None
             dist.gather_object(state["rng"], rngs, dst=0)

@@ -109,7 +109,8 @@ def train(
         run.log_metrics(_epoch_values(m), step=m.epoch)
 
     def save_state(state: dict) -> None:
-        states.save({**state, "mlflow_run_id": run.run_id})
+        if states:
+            states.save({**state, "mlflow_run_id": run.run_id})
 
     try:
         with atomic_path(live_dir) as tmp:
