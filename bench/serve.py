@@ -80,8 +80,8 @@ def package(path: Path, version: str, images: list[bytes], workdir: Path) -> str
     model, card, _ = checkpoint.load(path)
     pixels = np.stack([preprocess.load(b, card.image_size, card.channels) for b in images])
     onnx_file = workdir / f"{version}.onnx"
-    export.export_onnx(model, card, onnx_file)
-    difference = export.max_difference(onnx_file, model, card, pixels)
+    export.export_onnx(model, card, onnx_file, card.temperature)
+    difference = export.max_difference(onnx_file, model, card, pixels, temperature=card.temperature)
     assert difference <= 1e-5, f"the ONNX export differs from torch by {difference}"
     return packaging.store_model(version, path, card, onnx_file)
 

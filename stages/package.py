@@ -41,8 +41,10 @@ def main(model_file: Path, processed: Path, test_metrics: Path, bentofile: Path,
     test = read_split(processed, "test", mmap=True)
     with tempfile.TemporaryDirectory(prefix="cnnpipe-onnx-") as tmp_dir:
         onnx_file = Path(tmp_dir) / packaging.ONNX_FILE
-        export.export_onnx(model, card, onnx_file)
-        difference = export.max_difference(onnx_file, model, card, test.images)
+        export.export_onnx(model, card, onnx_file, card.temperature)
+        difference = export.max_difference(
+            onnx_file, model, card, test.images, temperature=card.temperature
+        )
         if difference > MAX_ONNX_DIFFERENCE:
             raise CnnpipeError(
                 f"package: the ONNX export's class probabilities differ from torch's by up to "

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from cnnpipe.core import params
 from cnnpipe.core.errors import CnnpipeError
 from cnnpipe.core.params import read_yaml
 from cnnpipe.core.processes import process_id, still_running, uninterrupted
@@ -55,6 +56,13 @@ def pipeline_params(path: Path = Path("params.yaml")) -> dict[str, Any]:
     """
     raw = read_yaml(path)  # a mapping once the stage has validated it; None when empty
     return flatten(raw if isinstance(raw, Mapping) else {})
+
+
+def data_params(path: Path = Path("params.yaml")) -> dict[str, Any]:
+    """Where the data came from and how it was made: the generate and process sections of
+    params.yaml, for the record (as pipeline_params: not inputs of the stage that logs them)."""
+    p = params.load(path)
+    return {"source": p.generate.source, **p.model_dump(include={"generate", "process"})}
 
 
 def dvc_tags() -> dict[str, str]:
@@ -207,6 +215,29 @@ class Run:
                 client.set_tag(self.run_id, key, value)
 
         self._active("tagging the run", tag)
+
+    def log_dataset(self, name: str, digest: str, path: Path, profile: Mapping[str, Any]) -> None:
+        """The run's training data as an MLflow dataset input (context `training`): its name,
+        its digest (DVC's hash of the folder), where it is, and `profile`: what it was made
+        from."""
+
+        def log() -> None:
+            import json
+
+            from mlflow.entities import Dataset, DatasetInput, InputTag
+            from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+            dataset = Dataset(
+                name=name,
+                digest=digest,
+                source_type="local",
+                source=json.dumps({"uri": str(path)}),
+                profile=json.dumps(profile, sort_keys=True),
+            )
+            entity = DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, "training")])
+            self._client().log_inputs(self.run_id, datasets=[entity])
+
+        self._active("logging the dataset", log)
 
     def log_model(self, model, input_example) -> None:
         """The model with its signature inferred from an input example."""

@@ -13,6 +13,7 @@ This module imports no torch.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,3 +137,19 @@ def read_split(folder: Path, name: str, mmap: bool | None = True) -> Split:
     labels = np.load(folder / f"{name}_labels.npy")
     files, _ = read_labels(folder / f"{name}.csv")
     return Split(images, labels, files)
+
+
+def dvc_hash(folder: Path) -> str:
+    """The hash DVC gives a directory output (its md5 in dvc.lock), computed the same way: the md5
+    of the JSON list of {"md5", "relpath"} of its files, sorted by path, then ".dir". The model
+    card and the MLflow run name the data a model was trained on with it."""
+    entries = []
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        digest = hashlib.md5()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        entries.append({"md5": digest.hexdigest(), "relpath": path.relative_to(folder).as_posix()})
+    entries.sort(key=lambda entry: entry["relpath"])
+    listing = json.dumps(entries, sort_keys=True).encode()
+    return hashlib.md5(listing).hexdigest() + ".dir"

@@ -141,6 +141,10 @@ class TrainParams(Section):
     # .dvc/tmp/cnnpipe/resume/) until the run completes, so that a re-run after a stop goes on
     # from the last complete epoch to the bytes of an uninterrupted run (cnnpipe.train.resume)
     resume: bool = True
+    # after training, on the validation split: temperature scaling of the probabilities, and the
+    # threshold under which an image is "unknown", set so that this share of images get a label
+    calibrate: bool = True
+    target_coverage: Annotated[float, Field(gt=0.0, le=1.0)] = 0.97  # 1: every image a label
 
     @model_validator(mode="after")
     def _fixed_threads(self) -> TrainParams:
@@ -157,6 +161,8 @@ class EvaluateParams(Section):
 
     batch_size: int = Field(default=256, ge=1)
     max_misclassified: int = Field(default=36, ge=0, le=400)
+    # Grad-CAM heat maps of test images: the misclassified first (up to half), then correct ones
+    gradcam_images: int = Field(default=24, ge=0, le=400)
 
 
 class PackageParams(Section):

@@ -36,7 +36,7 @@ def read(path: Path) -> dict:
 def card_of(data: dict) -> ModelCard:
     """The model card of a checkpoint dict (the part training knows)."""
     fields = set(ModelCard.model_fields) - {"sha256", "test_metrics", "git_revision"}
-    return ModelCard.model_validate({k: data.get(k) for k in fields})
+    return ModelCard.model_validate({k: data[k] for k in fields if data.get(k) is not None})
 
 
 def load(path: Path) -> tuple[nn.Module, ModelCard, dict]:

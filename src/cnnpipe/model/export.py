@@ -1,5 +1,6 @@
-"""The model as ONNX: one graph from uint8 images to class probabilities (normalisation, model,
-softmax), checked against torch before it is packaged."""
+"""The model as ONNX: one graph from uint8 images to calibrated class probabilities
+(normalisation, model, softmax of the logits over the temperature), checked against torch before
+it is packaged."""
 
 from __future__ import annotations
 
@@ -24,18 +25,20 @@ INPUT, OUTPUT = "images", "probabilities"
 
 class ServedModel(nn.Module):
     """What the service computes for a uint8 batch (N, C, H, W) made by preprocess.load: the
-    pipeline's normalisation, the model, a softmax."""
+    pipeline's normalisation, the model, softmax(logits / temperature) (the calibration)."""
 
-    def __init__(self, model: nn.Module, spec: InputSpec) -> None:
+    def __init__(self, model: nn.Module, spec: InputSpec, temperature: float = 1.0) -> None:
         super().__init__()
         self.model = model
         self.mean, self.std = spec.mean, spec.std
+        self.temperature = temperature
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model(normalize(images, self.mean, self.std)), dim=1)
+        logits = self.model(normalize(images, self.mean, self.std))
+        return torch.softmax(logits / self.temperature, dim=1)
 
 
-def export_onnx(model: nn.Module, spec: InputSpec, path: Path) -> None:
+def export_onnx(model: nn.Module, spec: InputSpec, path: Path, temperature: float = 1.0) -> None:
     """Write the ONNX graph of ServedModel, with a dynamic batch dimension."""
     example = torch.zeros((2, spec.channels, spec.image_size, spec.image_size), dtype=torch.uint8)
     # The TorchScript exporter (dynamo=False) needs no onnxscript and exports all four
@@ -44,7 +47,9 @@ def export_onnx(model: nn.Module, spec: InputSpec, path: Path) -> None:
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
         torch.onnx.export(
-            ServedModel(model, spec).eval(),  # eval: the exporter restores the wrapper's mode
+            ServedModel(
+                model, spec, temperature
+            ).eval(),  # eval: the exporter restores the wrapper's mode
             (example,),
             str(path),
             dynamo=False,
@@ -56,14 +61,20 @@ def export_onnx(model: nn.Module, spec: InputSpec, path: Path) -> None:
 
 
 def max_difference(
-    path: Path, model: nn.Module, spec: InputSpec, images: np.ndarray, batch_size: int = 256
+    path: Path,
+    model: nn.Module,
+    spec: InputSpec,
+    images: np.ndarray,
+    batch_size: int = 256,
+    temperature: float = 1.0,
 ) -> float:
     """The largest absolute difference between the class probabilities of the ONNX export (run
-    by onnxruntime) and of the torch model, over uint8 images."""
+    by onnxruntime) and of the torch model at this temperature, over uint8 images."""
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     worst = 0.0
     for start in range(0, len(images), batch_size):
         batch = np.array(images[start : start + batch_size])  # a memory map slice is read-only
         (exported,) = session.run([OUTPUT], {INPUT: batch})
-        worst = max(worst, float(np.abs(exported - probabilities(model, spec, batch)).max()))
+        expected = probabilities(model, spec, batch, temperature)
+        worst = max(worst, float(np.abs(exported - expected).max()))
     return worst

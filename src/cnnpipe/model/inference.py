@@ -88,8 +88,28 @@ def predict(
     return total_loss / max(1, len(labels)), accuracy, predicted
 
 
-def probabilities(model: nn.Module, spec: InputSpec, batch: np.ndarray) -> np.ndarray:
-    """Class probabilities for a uint8 batch (N, C, H, W) made by preprocess.load."""
+@torch.no_grad()
+def logits(
+    model: nn.Module, images: torch.Tensor | np.ndarray, placement: Placement, batch_size: int
+) -> torch.Tensor:
+    """The logits (N, classes) of a model on uint8 images, in order, on the CPU in float32."""
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = images[start : start + batch_size]
+        if not isinstance(x, torch.Tensor):  # a memory map's slice: copied, the map is read-only
+            x = torch.from_numpy(np.array(x))
+        x, _ = placement.inputs(x, torch.empty(0))
+        with placement.precision():
+            out.append(model(x).float().cpu())
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def probabilities(
+    model: nn.Module, spec: InputSpec, batch: np.ndarray, temperature: float = 1.0
+) -> np.ndarray:
+    """Class probabilities, softmax(logits / temperature), for a uint8 batch (N, C, H, W) made by
+    preprocess.load."""
     with torch.inference_mode():
         x = normalize(torch.as_tensor(batch), spec.mean, spec.std)
-        return torch.softmax(model(x), dim=1).numpy()
+        return torch.softmax(model(x) / temperature, dim=1).numpy()

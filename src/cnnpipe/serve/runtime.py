@@ -1,7 +1,8 @@
 """What runs the model in a worker: onnxruntime on the package stage's ONNX export, or torch on
-the checkpoint. Both take the uint8 batch preprocess.load makes and return class probabilities;
-the export holds the same normalisation (cnnpipe.core.preprocess.normalize, traced into the graph)
-and was checked against torch on the test split when it was packaged.
+the checkpoint. Both take the uint8 batch preprocess.load makes and return calibrated class
+probabilities, softmax(logits / the card's temperature); the export holds the same normalisation
+(cnnpipe.core.preprocess.normalize, traced into the graph) and temperature, and was checked
+against torch on the test split when it was packaged.
 
 Torch and onnxruntime are imported only when a worker loads its runtime: the supervising process
 of `bentoml serve` imports the service module too, and an ONNX worker never loads torch (it would
@@ -63,7 +64,15 @@ class TorchRuntime:
         self._probabilities = inference.probabilities
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
-        return self._probabilities(self.model, self.card, batch)
+        return self._probabilities(self.model, self.card, batch, self.card.temperature)
+
+    def explain(self, pixels: np.ndarray) -> tuple[bytes, int]:
+        """A PNG of the Grad-CAM heat map of one model input over it, for its most probable
+        class, and that class."""
+        # Deferred: captum and matplotlib load on the first /explain only.
+        from cnnpipe.model import explain
+
+        return explain.explain_png(self.model, self.card, pixels)
 
 
 def load(model_dir: Path, choice: str, threads: int) -> Runtime:

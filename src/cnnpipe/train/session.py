@@ -13,13 +13,14 @@ import torch
 from dvclive import Live
 
 from cnnpipe.core import kernels, stage
-from cnnpipe.core.dataset import InputSpec, read_spec, read_split
+from cnnpipe.core.dataset import InputSpec, dvc_hash, read_spec, read_split
 from cnnpipe.core.errors import CnnpipeError
 from cnnpipe.core.outputs import atomic_path
 from cnnpipe.core.params import TrainParams
 from cnnpipe.core.preprocess import normalize
 from cnnpipe.model import checkpoint, registry
-from cnnpipe.tracking import MODEL_HASH_TAG, Run, dvc_tags, flatten, pipeline_params
+from cnnpipe.model.calibration import Calibration, calibrate
+from cnnpipe.tracking import MODEL_HASH_TAG, Run, data_params, dvc_tags, flatten, pipeline_params
 from cnnpipe.train import recipe, resume, warm_start
 from cnnpipe.train.distributed import ProcessRank, per_process_batch
 from cnnpipe.train.loop import EpochMetrics, FitResult, fit, make_deterministic
@@ -112,6 +113,8 @@ def train(
         if states:
             states.save({**state, "mlflow_run_id": run.run_id})
 
+    data_hash = dvc_hash(processed)
+    run.log_dataset(processed.as_posix(), data_hash, processed.resolve(), data_params())
     try:
         with atomic_path(live_dir) as tmp:
             with Live(str(tmp), dvcyaml=False, save_dvc_exp=False, report=None) as live:
@@ -137,11 +140,20 @@ def train(
                     epochs_run=result.epochs_run,
                     parameters=parameters,
                 )
+        calibration = calibrate(
+            model, val, spec, device, p.batch_size, p.calibrate, p.target_coverage
+        )
+        model.cpu()
+        _log_calibration(calibration, run)
         extra = {
             # but `resume`: the model's bytes are the same whether or not the run could resume
             "params": p.model_dump(exclude=resume.NOT_IN_KEY),
             "best_epoch": result.best_epoch,
             "best_val_accuracy": result.best_val_accuracy,
+            "temperature": calibration.temperature,
+            "threshold": calibration.threshold,
+            "target_coverage": calibration.target_coverage,
+            "data_hash": data_hash,
         }
         checkpoint.save(model_file, model, p.model, spec, extra)
     except KeyboardInterrupt:  # Ctrl-C, SIGTERM, or the launcher died
@@ -233,6 +245,15 @@ def _log_epoch(m: EpochMetrics, p: TrainParams, live: Live, run: Run) -> None:
         f"train: epoch {m.epoch}/{p.epochs} loss {m.train_loss:.4f} "
         f"acc {m.train_accuracy:.3f} | val loss {m.val_loss:.4f} "
         f"acc {m.val_accuracy:.3f}{ema} | {m.images_per_second:.0f} img/s"
+    )
+
+
+def _log_calibration(c: Calibration, run: Run) -> None:
+    run.log_metrics({"temperature": c.temperature, "threshold": c.threshold, "val_nll": c.val_nll})
+    stage.progress(
+        f"train: calibrated on val: temperature {c.temperature:.3f} (NLL "
+        f"{c.val_nll_uncalibrated:.4f} -> {c.val_nll:.4f}); top probability under "
+        f"{c.threshold:.3f} is unknown, which leaves {c.target_coverage:.0%} of val labelled"
     )
 
 
