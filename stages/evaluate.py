@@ -1,5 +1,7 @@
-"""Stage 4: score the trained model on the test split: metrics, per-class scores, the confusion
-matrix and a grid of misclassified images, also added to the training's MLflow run."""
+"""Stage 4: score the trained model on the test split: metrics (calibration error and the
+coverage at the "unknown" threshold included), per-class scores, the confusion matrix, a grid of
+misclassified images, the reliability diagram and Grad-CAM heat maps, also added to the
+training's MLflow run."""
 
 import os
 
@@ -19,6 +21,8 @@ from cnnpipe.evaluate import figures, metrics
 from cnnpipe.model import checkpoint
 from cnnpipe.model.inference import select_device
 from cnnpipe.tracking import Run
+
+FIGURES = ("confusion_matrix", "misclassified", "reliability", "gradcam")
 
 
 def main(processed: Path, model_file: Path, out: Path) -> None:
@@ -43,13 +47,18 @@ def main(processed: Path, model_file: Path, out: Path) -> None:
         wrong = figures.misclassified_figure(
             result, test, names, plots / "images" / "misclassified.png", p.max_misclassified
         )
+        figures.reliability_figure(result, card, plots / "images" / "reliability.png")
+        figures.gradcam_figure(
+            model, card, test, result, plots / "images" / "gradcam.png", p.gradcam_images
+        )
         write_json(plots / "per_class.json", result.per_class)
 
     run = Run.find(checkpoint.file_hash(model_file))
     run.log_metrics(result.metrics)
-    for name in ("images/confusion_matrix.png", "images/misclassified.png", "per_class.json"):
+    for name in (*(f"images/{image}.png" for image in FIGURES), "per_class.json"):
         run.log_artifact(out / "plots" / name, "evaluation")
     summary = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
+    summary += f" (at the threshold {card.threshold:.3f}, temperature {card.temperature:.3f})"
     stage.progress(f"evaluate: {summary}; {wrong} of {len(test.labels)} misclassified -> {out}")
 
 

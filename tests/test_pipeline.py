@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 
@@ -9,7 +10,8 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from conftest import STAGES, Project, stages_run
+import yaml
+from conftest import STAGES, Project, stages_run, tracked_runs
 
 from cnnpipe.core import dataset
 from cnnpipe.model import checkpoint
@@ -37,12 +39,31 @@ def test_repro_runs_every_stage_and_writes_every_output(reproduced: Project):
         "test_precision_macro",
         "test_recall_macro",
         "test_f1_macro",
+        "test_ece",
+        "test_ece_uncalibrated",
+        "test_nll",
+        "test_nll_uncalibrated",
+        "test_coverage",
+        "test_selective_accuracy",
     }
     assert scores["test_accuracy"] > 1 / 3  # better than chance on three classes
+    assert 0 < scores["test_coverage"] <= 1 and 0 <= scores["test_ece"] <= 1
     per_class = json.loads((root / "metrics/evaluate/plots/per_class.json").read_text())
     assert [c["class"] for c in per_class] == model["classes"]
-    for image in ("confusion_matrix.png", "misclassified.png"):
+    for image in ("confusion_matrix.png", "misclassified.png", "reliability.png", "gradcam.png"):
         assert (root / "metrics/evaluate/plots/images" / image).stat().st_size > 1000
+    # calibrated on val (the model card's temperature and threshold), and the data's lineage:
+    # DVC's hash of data/processed in the card and in the MLflow run's dataset input
+    assert model["temperature"] > 0 and 0 <= model["threshold"] < 1
+    assert model["target_coverage"] == 0.97
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    (processed,) = [o for o in lock["stages"]["process"]["outs"] if o["path"] == "data/processed"]
+    assert model["data_hash"] == processed["md5"]
+    (run,) = tracked_runs(reproduced).values()
+    (logged,) = run.inputs.dataset_inputs
+    assert logged.dataset.digest == processed["md5"] and logged.dataset.name == "data/processed"
+    assert json.loads(logged.dataset.profile)["generate"]["classes"] == model["classes"]
+    assert [(t.key, t.value) for t in logged.tags] == [("mlflow.data.context", "training")]
     tags = json.loads((root / "models/bento/tags.json").read_text())
     assert tags == {
         "model": f"cnnpipe:{checkpoint.file_hash(root / 'models/model.pt')[:16]}",
@@ -69,17 +90,20 @@ def test_metrics_and_plots_are_shown_by_dvc(reproduced: Project, tmp_path):
     page = (tmp_path / "plots" / "index.html").read_text()
     for name in ("Loss", "Accuracy", "Confusion matrix", "F1 per class", "misclassified.png"):
         assert name in page
+    for image in ("reliability.png", "gradcam.png"):  # the reliability diagram, Grad-CAM maps
+        assert f"metrics_evaluate_plots_images_{image}" in page or image in page
 
 
 def test_bentoml_serve_in_the_project_root_serves_the_workspace_model(reproduced: Project):
     """After dvc repro, `bentoml serve` in the project root serves the packaged model (the tag
-    the package stage recorded)."""
+    the package stage recorded) with its calibration, and `cnnpipe predict` there answers as
+    it does."""
     model, card, _ = checkpoint.load(reproduced.root / "models/model.pt")
     test = dataset.read_split(reproduced.root / "data/processed", "test")
-    predicted = probabilities(model, card, np.array(test.images)).argmax(1)
-    correct = np.flatnonzero(predicted == test.labels)
-    assert len(correct), "the tiny model got no test image right"
-    image = reproduced.root / "data/raw" / test.files[correct[0]]
+    p = probabilities(model, card, np.array(test.images), card.temperature)
+    sure = np.flatnonzero((p.argmax(1) == test.labels) & (p.max(1) >= card.threshold))
+    assert len(sure), "the tiny model got no test image right over its threshold"
+    image = reproduced.root / "data/raw" / test.files[sure[0]]
 
     assert "CNNPIPE_MODEL" not in reproduced.env
     with reproduced.serving() as url:
@@ -88,11 +112,18 @@ def test_bentoml_serve_in_the_project_root_serves_the_workspace_model(reproduced
         metadata = httpx.get(f"{url}/metadata").json()
     assert reply.status_code == 200, reply.text
     body = reply.json()
-    assert body["label"] == card.classes[test.labels[correct[0]]]
+    assert body["label"] == card.classes[test.labels[sure[0]]]
     assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
     tags = json.loads((reproduced.root / "models/bento/tags.json").read_text())
     assert metadata["model"] == tags["model"]
     assert metadata["sha256"] == checkpoint.file_hash(reproduced.root / "models/model.pt")
+    assert (metadata["temperature"], metadata["threshold"]) == (card.temperature, card.threshold)
+    assert metadata["data_hash"] == card.data_hash
+    cli = "from cnnpipe.cli import main; main()"
+    rows = reproduced.run("python", "-c", cli, "predict", str(image), "--top-k", "1").stdout
+    (row,) = csv.DictReader(rows.splitlines())
+    assert row["label"] == body["label"] and row["class_1"] == body["label"]
+    assert float(row["confidence"]) == pytest.approx(body["confidence"], abs=1e-6)
 
 
 def test_every_stage_is_restored_from_the_run_cache(workspace: Project):

@@ -1,4 +1,5 @@
-"""The figures a reviewer looks at: the confusion matrix and a grid of misclassified images."""
+"""The figures a reviewer looks at: the confusion matrix, a grid of misclassified images, the
+reliability diagram before and after temperature scaling, and Grad-CAM heat maps."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
 from cnnpipe.core.dataset import Split  # noqa: E402
 from cnnpipe.evaluate.metrics import Evaluation  # noqa: E402
+from cnnpipe.model import calibration, explain  # noqa: E402
+from cnnpipe.model.card import ModelCard  # noqa: E402
 
 PNG_METADATA = {"Software": None}  # no version string in the PNGs: same results, same bytes
 
@@ -60,3 +64,102 @@ def misclassified_figure(
     fig.savefig(path, dpi=100, metadata=PNG_METADATA)
     plt.close(fig)
     return len(wrong)
+
+
+def reliability_figure(result: Evaluation, card: ModelCard, path: Path) -> None:
+    """The reliability diagram of the test split, without and with the temperature: per bin of
+    the top probability, the accuracy of its images (bars) and the gap to their mean top
+    probability (red; the diagonal is perfect calibration); under it, the images per bin."""
+    panels = [
+        (result.uncalibrated, "uncalibrated", "test_ece_uncalibrated"),
+        (result.probabilities, f"temperature {card.temperature:.3g}", "test_ece"),
+    ]
+    fig, axes = plt.subplots(
+        2, 2, figsize=(10, 6.4), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    for column, (probabilities, title, ece) in enumerate(panels):
+        top, bottom = axes[0, column], axes[1, column]
+        r = calibration.reliability(probabilities, result.y_true)
+        left, width = r.edges[:-1], np.diff(r.edges)
+        filled = r.count > 0
+        edges = {"align": "edge", "edgecolor": "black", "linewidth": 0.6}
+        top.bar(
+            left[filled],
+            r.accuracy[filled],
+            width[filled],
+            color="tab:blue",
+            label="accuracy",
+            **edges,
+        )
+        top.bar(
+            left[filled],
+            (r.confidence - r.accuracy)[filled],
+            width[filled],
+            bottom=r.accuracy[filled],
+            color="tab:red",
+            alpha=0.35,
+            label="gap to the mean top probability",
+            **edges,
+        )
+        top.plot([0, 1], [0, 1], "k--", linewidth=1, label="calibrated")
+        top.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy" if column == 0 else None)
+        top.set_title(f"{title}: ECE {result.metrics[ece]:.4f}")
+        bottom.bar(left, r.count, width, color="grey", **edges)
+        bottom.set(xlabel="top probability", ylabel="images" if column == 0 else None)
+    axes[0, 0].legend(loc="upper left", fontsize=8)
+    fig.suptitle(f"Reliability on the test split ({len(result.y_true)} images, 15 bins)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, metadata=PNG_METADATA)
+    plt.close(fig)
+
+
+def explained_indices(result: Evaluation, count: int) -> np.ndarray:
+    """Up to `count` test images: the misclassified first (up to half of them), then correct
+    ones, taken in turn from each true class."""
+    wrong = np.flatnonzero(result.y_true != result.y_pred)[: count // 2]
+    right = np.flatnonzero(result.y_true == result.y_pred)
+    by_class = [right[result.y_true[right] == c] for c in np.unique(result.y_true[right])]
+    turns: list[int] = []
+    for rank in range(max((len(group) for group in by_class), default=0)):
+        turns.extend(group[rank] for group in by_class if rank < len(group))
+    return np.concatenate([wrong, turns[: count - len(wrong)]]).astype(int)
+
+
+def gradcam_figure(
+    model: torch.nn.Module,
+    card: ModelCard,
+    split: Split,
+    result: Evaluation,
+    path: Path,
+    count: int,
+) -> int:
+    """A grid of Grad-CAM overlays for the predicted class of up to `count` test images (see
+    explained_indices), titled true -> predicted and the calibrated probability; returns how
+    many are shown."""
+    shown = explained_indices(result, count)
+    columns = max(1, min(6, len(shown)))
+    rows = max(1, int(np.ceil(len(shown) / columns)))
+    fig, axes = plt.subplots(rows, columns, figsize=(2.0 * columns, 2.3 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    overlays = []
+    if len(shown):
+        images = np.array(split.images[shown])
+        maps, _ = explain.heatmaps(model, card, images, result.y_pred[shown].tolist())
+        overlays = [explain.overlay(x, m, size=128) for x, m in zip(images, maps, strict=True)]
+    for ax, i, image in zip(axes.flat, shown, overlays, strict=False):
+        ax.imshow(image)
+        p = result.probabilities[i, result.y_pred[i]]
+        mark = "" if result.y_true[i] == result.y_pred[i] else " (wrong)"
+        ax.set_title(
+            f"{card.classes[result.y_true[i]]} -> {card.classes[result.y_pred[i]]}\n"
+            f"p {p:.2f}{mark}",
+            fontsize=8,
+        )
+    if not len(shown):
+        axes.flat[0].text(0.5, 0.5, "no test images", ha="center", va="center")
+    fig.suptitle("Grad-CAM: where the evidence for the predicted class lies (red: most)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, metadata=PNG_METADATA)
+    plt.close(fig)
+    return len(shown)
