@@ -1,5 +1,6 @@
-"""What the service tests share: a tiny trained model in the store with its checked ONNX export,
-and the service module imported afresh with given settings."""
+"""What the service tests share: a tiny trained model in the store with its checked ONNX export
+(a temperature in its graph, a threshold in its card), a picture it does not know, and the
+service module imported afresh with given settings."""
 
 from __future__ import annotations
 
@@ -28,6 +29,13 @@ MAX_UPLOAD = 2_000_000
 MAX_PIXELS = 1_000_000
 TEST_METRICS = {"test_accuracy": 1.0}
 SERVICE = "cnnpipe.serve.service"
+TEMPERATURE = 1.5  # the card's, as training would fit it (the tiny model's val split is easy)
+DATA_HASH = "0123456789abcdef0123456789abcdef.dir"
+
+
+def stranger(size: int = 32) -> Image.Image:
+    """A checkerboard: a picture of none of the classes, which the tiny model is unsure of."""
+    return Image.fromarray((np.indices((size, size)).sum(0) % 2 * 255).astype(np.uint8))
 
 
 def train_tiny(images: np.ndarray, labels: np.ndarray, spec) -> torch.nn.Module:
@@ -54,7 +62,22 @@ def stored_model(base: Path) -> dict:
     spec = split.write_processed(raw, processed, ProcessParams(**TINY["process"]), "lenet5").spec
     train = read_split(processed, "train", mmap=False)
     model = train_tiny(train.images, train.labels, spec)
-    checkpoint.save(base / "model.pt", model, "lenet5", spec, {"best_epoch": 1})
+    test = read_split(processed, "test", mmap=False)
+    # the threshold: halfway between the checkerboard's top probability and the least sure test
+    # image's
+    confidence = probabilities(model, spec, test.images, TEMPERATURE).max(1)
+    board = preprocess.load(encode(stranger()), spec.image_size, spec.channels)
+    unsure = probabilities(model, spec, board[None], TEMPERATURE).max()
+    assert unsure < confidence.min(), (
+        "the tiny model is surer of a checkerboard than of a test image"
+    )
+    calibrated = {
+        "temperature": TEMPERATURE,
+        "threshold": float(unsure + confidence.min()) / 2,
+        "target_coverage": 1.0,
+        "data_hash": DATA_HASH,
+    }
+    checkpoint.save(base / "model.pt", model, "lenet5", spec, {"best_epoch": 1, **calibrated})
     card = checkpoint.card_of(checkpoint.read(base / "model.pt")).model_copy(
         update={
             "sha256": checkpoint.file_hash(base / "model.pt"),
@@ -62,9 +85,10 @@ def stored_model(base: Path) -> dict:
             "git_revision": "abc123",
         }
     )
-    test = read_split(processed, "test", mmap=False)
-    export.export_onnx(model, card, base / "model.onnx")
-    difference = export.max_difference(base / "model.onnx", model, card, test.images)
+    export.export_onnx(model, card, base / "model.onnx", TEMPERATURE)
+    difference = export.max_difference(
+        base / "model.onnx", model, card, test.images, temperature=TEMPERATURE
+    )
     tag = packaging.store_model(
         "test0000",
         base / "model.pt",
@@ -78,6 +102,8 @@ def stored_model(base: Path) -> dict:
         "tag": tag,
         "dir": Path(bentoml.models.get(tag).path),
         "info": spec,
+        "card": card,
+        "model": model,
         "test": test,
         "predicted": predicted,
     }

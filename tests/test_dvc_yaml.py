@@ -69,6 +69,8 @@ def closure(script: Path) -> set[Path]:
 DEFERRED_IMPORTS = {
     # only a torch worker loads torch: not the supervising process, not an ONNX worker
     ("src/cnnpipe/serve/runtime.py", "__init__"),
+    # captum and matplotlib load on a worker's first /explain only
+    ("src/cnnpipe/serve/runtime.py", "explain"),
 }
 
 
@@ -144,12 +146,14 @@ def test_declared_code_is_the_code_the_stage_imports(name):
     assert script_of(stage).relative_to(REPO).as_posix() in stage["deps"]
 
 
-def test_the_bento_includes_exactly_the_modules_the_service_imports():
+def test_the_bento_includes_exactly_the_modules_the_service_imports_and_its_pages():
     bentofile = yaml.safe_load((REPO / "bentofile.yaml").read_text())
     module, _ = bentofile["service"].split(":")
     service = module_file(module)
     imported = {p.relative_to(SRC).as_posix() for p in closure(service) | {service}}
-    assert sorted(bentofile["include"]) == sorted(imported)
+    modules = [name for name in bentofile["include"] if name.endswith(".py")]
+    assert sorted(modules) == sorted(imported)
+    assert set(bentofile["include"]) - set(modules) == {"cnnpipe/serve/static/*"}
 
 
 def test_the_stages_are_a_chain_from_check_to_package():

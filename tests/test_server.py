@@ -1,10 +1,11 @@
-"""The service as users run it: a real `bentoml serve`, called by the clients people use, checked
-against its own OpenAPI document by schemathesis, and attacked with slow clients and
-decompression bombs."""
+"""The service as users run it: a real `bentoml serve`, called by the clients people use and by
+`cnnpipe predict`'s user (same answers), its page used in a real browser, checked against its
+own OpenAPI document by schemathesis, and attacked with slow clients and decompression bombs."""
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import socket
@@ -19,9 +20,11 @@ import httpx
 import psutil
 import pytest
 import requests
-from conftest import REPO, free_port, server_process
+from conftest import REPO, encode, free_port, server_process
 from PIL import Image
-from service_fixtures import MAX_UPLOAD, one_per_class, stored_model, truncated
+from service_fixtures import MAX_UPLOAD, one_per_class, stored_model, stranger, truncated
+
+from cnnpipe.serve.contract import EXPLAINED_HEADER
 
 pytestmark = pytest.mark.e2e
 
@@ -45,6 +48,38 @@ def server(stored):
     env.update(SERVER_ENV, CNNPIPE_MODEL=stored["tag"], PYTHONPATH=str(REPO / "src"))
     with server_process(REPO, env) as running:
         yield running
+
+
+def rss_mb(process: psutil.Process) -> float:
+    return process.memory_info().rss / 2**20
+
+
+def loads_torch(process: psutil.Process) -> bool:
+    return any("libtorch" in m.path for m in process.memory_maps())
+
+
+def server_processes(server) -> list[psutil.Process]:
+    supervisor = psutil.Process(server.process.pid)
+    return [supervisor, *supervisor.children(recursive=True)]
+
+
+def test_predicting_loads_no_torch_and_explaining_loads_it_in_one_worker(server, stored):
+    """First in this module: no process of the server has loaded torch (the ONNX runtime)
+    until /explain, which needs gradients, loads it in the worker that answers."""
+    path, label = one_per_class(stored)[1]
+    for _ in range(4):  # every worker warm
+        reply = httpx.post(f"{server.url}/predict", files={"file": path.open("rb")}, timeout=30)
+        assert reply.status_code == 200
+    assert not any(loads_torch(p) for p in server_processes(server))
+    reply = httpx.post(f"{server.url}/explain", files={"file": path.open("rb")}, timeout=60)
+    assert reply.status_code == 200, reply.text
+    assert reply.headers["content-type"] == "image/png" and reply.headers[EXPLAINED_HEADER] == label
+    assert Image.open(io.BytesIO(reply.content)).size == (256, 256)
+    assert sum(loads_torch(p) for p in server_processes(server)) == 1
+    bad = httpx.post(f"{server.url}/explain", files={"file": ("b.png", truncated("PNG"))})
+    assert bad.status_code == 400 and bad.json()["detail"][0]["loc"] == ["file"]
+    too_big = httpx.post(f"{server.url}/explain", files={"file": ("x", b"\0" * (MAX_UPLOAD + 1))})
+    assert too_big.status_code == 413
 
 
 def browser_form(data: bytes) -> tuple[bytes, dict]:
@@ -94,6 +129,84 @@ def test_every_common_client_gets_the_same_prediction(server, stored, tmp_path):
     for name, (status, answer) in results.items():
         assert status == 200, (name, answer)
         assert answer == expected, name
+
+
+def test_cnnpipe_predict_answers_as_the_service_does(server, stored, tmp_path):
+    """`cnnpipe predict` on the test images and a picture of no class, with the served model:
+    for each file the label (null included), the probabilities and the reason of /predict."""
+    (tmp_path / "checkerboard.png").write_bytes(encode(stranger()))
+    paths = [stored["raw"] / name for name in stored["test"].files] + [
+        tmp_path / "checkerboard.png"
+    ]
+    out = tmp_path / "rows.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    command = [sys.executable, "-c", "from cnnpipe.cli import main; main()", "predict"]
+    result = subprocess.run(
+        [*command, *map(str, paths), "--model", stored["tag"], "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(out.read_text())
+    assert [row["path"] for row in rows] == [str(p) for p in paths]
+    assert rows[-1]["label"] is None  # the checkerboard
+    for row in rows:
+        with open(row["path"], "rb") as f:
+            served = httpx.post(f"{server.url}/predict", files={"file": f}, timeout=30).json()
+        assert row["label"] == served["label"] and row["reason"] == served["reason"], row["path"]
+        assert list(row["probabilities"]) == list(served["probabilities"])
+        for name, p in served["probabilities"].items():
+            assert row["probabilities"][name] == pytest.approx(p, abs=1e-6)
+
+
+CHROMEDRIVER = Path("/usr/bin/chromedriver")  # Debian's chromium-driver (.ci/run installs it)
+
+
+@pytest.mark.skipif(not CHROMEDRIVER.exists(), reason="apt-get install chromium chromium-driver")
+def test_the_page_answers_a_chosen_image_in_a_browser(server, stored):
+    """Headless Chromium opens `/`, chooses a test image and reads the answer, its
+    probabilities and the heat map from the page; the page loaded nothing from elsewhere."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    path, label = one_per_class(stored)[0]
+    with open(path, "rb") as f:
+        served = httpx.post(f"{server.url}/predict", files={"file": f}, timeout=30).json()
+    options = webdriver.ChromeOptions()
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,1000"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    try:
+        driver.get(f"{server.url}/")
+        wait = WebDriverWait(driver, 60)
+        wait.until(lambda d: d.find_element(By.ID, "version").text)
+        assert driver.find_element(By.ID, "classes").text == ", ".join(stored["info"].classes)
+        assert "accuracy" in driver.find_element(By.ID, "metrics").text
+        assert driver.find_element(By.CSS_SELECTOR, "a[href='/docs']")
+        driver.find_element(By.ID, "file").send_keys(str(path))
+        wait.until(
+            lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "done"
+        )
+        assert driver.find_element(By.ID, "label").text == label == served["label"]
+        shown = driver.find_element(By.ID, "probabilities").text
+        best = max(served["probabilities"].values())
+        assert f"{label} {100 * best:.1f}%" in shown
+        heat_width = driver.execute_script("return document.getElementById('heatmap').naturalWidth")
+        assert heat_width == 256
+        loaded = driver.execute_script(
+            "return performance.getEntriesByType('resource').map((e) => e.name)"
+        )
+        # the chosen image and the heat map are blob: URLs of this page
+        origins = [name.removeprefix("blob:") for name in loaded]
+        assert loaded and all(name.startswith(server.url) for name in origins), loaded
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, errors  # no script error, nothing the CSP blocked
+    finally:
+        driver.quit()
 
 
 def test_a_bad_batch_fails_alone_among_concurrent_batches(server, stored):
@@ -162,24 +275,15 @@ def test_slow_request_headers_are_timed_out(server):
     assert httpx.get(f"{server.url}/readyz").status_code == 200
 
 
-def rss_mb(process: psutil.Process) -> float:
-    return process.memory_info().rss / 2**20
-
-
-def loads_torch(process: psutil.Process) -> bool:
-    return any("libtorch" in m.path for m in process.memory_maps())
-
-
 def test_16_bit_bombs_stay_within_the_memory_budget(server, stored):
     """8 concurrent 60 KB PNGs of 5000x5000 16-bit pixels: each worker grows by at most 300 MB
-    and comes back to within 50 MB; no process of the server loads torch (the ONNX runtime)."""
+    and comes back to within 50 MB."""
     buffer = io.BytesIO()
     Image.new("I;16", (5000, 5000), 1000).save(buffer, "PNG")
     bomb = buffer.getvalue()
     assert len(bomb) < 100_000
-    supervisor = server.process
-    workers = psutil.Process(supervisor.pid).children(recursive=True)
-    assert workers and not any(loads_torch(p) for p in [psutil.Process(supervisor.pid), *workers])
+    workers = psutil.Process(server.process.pid).children(recursive=True)
+    assert workers
     path, _ = one_per_class(stored)[0]
     for _ in range(4):  # every worker warm
         httpx.post(f"{server.url}/predict", files={"file": path.open("rb")}, timeout=30)

@@ -1,5 +1,6 @@
-"""The BentoML service in-process (the class and its ASGI app): predictions, the model input,
-runtimes, bad uploads, the OpenAPI document.
+"""The BentoML service in-process (the class and its ASGI app): predictions and the "unknown"
+answer, the model input, runtimes and their temperature, /explain, bad uploads, the OpenAPI
+document, the pages.
 
 A LeNet-5 trained for a few seconds on clean tiny shapes is stored, with its checked ONNX export,
 in the session's throwaway model store. The settings are environment variables the service reads
@@ -8,6 +9,7 @@ when it is imported: the `service` fixture imports it afresh with this module's 
 
 from __future__ import annotations
 
+import io
 import logging
 
 import numpy as np
@@ -15,19 +17,24 @@ import pytest
 from conftest import encode
 from PIL import Image
 from service_fixtures import (
+    DATA_HASH,
     MAX_PIXELS,
     MAX_UPLOAD,
+    TEMPERATURE,
     TEST_METRICS,
     imported_service,
     one_per_class,
     stored_model,
+    stranger,
     truncated,
 )
 from starlette.testclient import TestClient
 
 from cnnpipe.core import preprocess
 from cnnpipe.core.errors import CnnpipeError
+from cnnpipe.model.inference import probabilities
 from cnnpipe.serve import runtime
+from cnnpipe.serve.contract import EXPLAINED_HEADER
 from cnnpipe.serve.decoding import Image as Upload
 
 SETTINGS_ENV = {
@@ -56,7 +63,14 @@ def client(service):
         yield c
 
 
-def post(client, data: bytes, name: str = "x.png", ctype: str | None = "image/png", **form):
+def post(
+    client,
+    data: bytes,
+    name: str = "x.png",
+    ctype: str | None = "image/png",
+    route: str = "/predict",
+    **form,
+):
     if ctype is None:  # httpx always types a file part: write this one by hand
         body = (
             b'--b\r\nContent-Disposition: form-data; name="file"; filename="x"\r\n\r\n'
@@ -64,8 +78,8 @@ def post(client, data: bytes, name: str = "x.png", ctype: str | None = "image/pn
             + b"\r\n--b--\r\n"
         )
         headers = {"content-type": "multipart/form-data; boundary=b"}
-        return client.post("/predict", content=body, headers=headers)
-    return client.post("/predict", files={"file": (name, data, ctype)}, data=form)
+        return client.post(route, content=body, headers=headers)
+    return client.post(route, files={"file": (name, data, ctype)}, data=form)
 
 
 # ---- the class and its runtimes
@@ -80,8 +94,9 @@ def test_the_class_predicts_each_class_of_generated_images(service, stored):
         assert sum(result.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
 
 
-def test_onnx_and_torch_give_the_same_answers(stored):
-    """Same preprocessing (the uint8 batch), same probabilities to float rounding."""
+def test_onnx_and_torch_give_the_same_calibrated_answers(stored):
+    """Same preprocessing (the uint8 batch), same probabilities to float rounding: softmax of
+    the logits over the card's temperature, in the ONNX graph as in torch."""
     onnx = runtime.load(stored["dir"], "onnx", threads=1)
     torch = runtime.load(stored["dir"], "torch", threads=1)
     assert (onnx.name, torch.name) == ("onnx", "torch")
@@ -89,6 +104,9 @@ def test_onnx_and_torch_give_the_same_answers(stored):
     a, b = onnx.probabilities(images), torch.probabilities(images)
     assert np.abs(a - b).max() <= 1e-5
     assert (a.argmax(1) == stored["predicted"]).all() and (b.argmax(1) == stored["predicted"]).all()
+    calibrated = probabilities(stored["model"], stored["info"], images, TEMPERATURE)
+    assert np.abs(a - calibrated).max() <= 1e-5
+    assert np.abs(a - probabilities(stored["model"], stored["info"], images)).max() > 1e-3
 
 
 def test_without_the_export_torch_runs_and_onnx_cannot_be_forced(stored, tmp_path):
@@ -106,9 +124,25 @@ def test_predict_returns_label_confidence_and_every_class(client, stored):
         reply = post(client, path.read_bytes())
         assert reply.status_code == 200, reply.text
         body = reply.json()
-        assert body["label"] == label
+        assert body["label"] == label and body["reason"] is None
         assert body["confidence"] == max(body["probabilities"].values())
         assert set(body["probabilities"]) == set(stored["info"].classes)
+
+
+def test_a_picture_of_no_class_gets_no_label_with_the_reason_and_the_top_k(client, stored):
+    card = stored["card"]
+    board = encode(stranger())
+    reply = post(client, board, top_k="2")
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["label"] is None and body["confidence"] < card.threshold
+    assert f"{card.threshold:.3f}" in body["reason"] and "threshold" in body["reason"]
+    assert len(body["probabilities"]) == 2
+    assert next(iter(body["probabilities"].values())) == body["confidence"]
+    path, label = one_per_class(stored)[0]
+    files = [("files", ("a.png", path.read_bytes())), ("files", ("board.png", board))]
+    batch = client.post("/predict_batch", files=files).json()
+    assert [r["label"] for r in batch] == [label, None]
 
 
 def test_top_k_as_a_form_field_or_a_query_parameter(client, stored):
@@ -159,6 +193,27 @@ def test_metadata_names_the_model_its_runtime_and_the_export_check(client, store
     assert body["architecture"] == "lenet5" and body["classes"] == stored["info"].classes
     assert (body["image_size"], body["channels"]) == (32, 1)
     assert body["test_metrics"] == TEST_METRICS and body["git_revision"] == "abc123"
+    assert body["temperature"] == TEMPERATURE and body["threshold"] == stored["card"].threshold
+    assert body["target_coverage"] == 1.0 and body["data_hash"] == DATA_HASH
+
+
+def test_explain_answers_a_png_of_the_most_probable_class(client, stored):
+    path, label = one_per_class(stored)[2]
+    for reply in [
+        post(client, path.read_bytes(), route="/explain"),
+        client.post("/explain", content=path.read_bytes(), headers={"content-type": "image/png"}),
+    ]:
+        assert reply.status_code == 200, reply.text
+        assert reply.headers["content-type"] == "image/png"
+        assert reply.headers[EXPLAINED_HEADER] == label
+        with Image.open(io.BytesIO(reply.content)) as image:
+            assert (image.format, image.size) == ("PNG", (256, 256))
+            pixels = np.asarray(image.convert("RGB"), dtype=int)
+        assert pixels.std() > 10  # a heat map over a picture, not a blank
+    top_k = client.post(
+        "/explain", files={"file": ("x.png", path.read_bytes())}, data={"top_k": "2"}
+    )
+    assert top_k.status_code == 400 and "send only file" in top_k.json()["detail"][0]["msg"]
 
 
 def test_the_openapi_document_states_every_response_and_bound(client):
@@ -178,7 +233,30 @@ def test_the_openapi_document_states_every_response_and_bound(client):
         else:
             assert form["file"]["format"] == "binary" and "image/*" in content
     assert "/metadata" in spec["paths"]
-    assert "swagger" in client.get("/").text.lower()
+    prediction = schemas["Prediction"]["properties"]
+    assert prediction["label"]["nullable"] and prediction["reason"]["nullable"]
+    assert "threshold" in prediction["label"]["description"]
+    explain = spec["paths"]["/explain"]["post"]
+    assert set(explain["responses"]) == {"200", "400", "413", "429", "504"}
+    assert "image/png" in explain["responses"]["200"]["content"]
+    assert EXPLAINED_HEADER in explain["responses"]["200"]["headers"]
+    form = explain["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert set(form["properties"]) == {"file"} and "image/*" in explain["requestBody"]["content"]
+
+
+def test_the_pages_are_the_packages_own_with_a_content_security_policy(client):
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "<title>cnnpipe</title>" in page.text and 'href="/docs"' in page.text
+    assert page.headers["content-security-policy"].startswith("default-src 'self'")
+    assert "http" not in page.text.replace('href="/', "")  # no address of another server
+    script = client.get("/page/page.js")
+    assert script.status_code == 200 and "/predict" in script.text and "/explain" in script.text
+    docs = client.get("/docs")
+    assert "swagger-ui" in docs.text and "googletagmanager" not in docs.text
+    assert docs.headers["content-security-policy"].startswith("default-src 'self'")
+    assert client.get("/static_content/swagger-ui-bundle.js").status_code == 200
+    assert client.post("/").status_code == 405
 
 
 def bomb() -> bytes:
@@ -198,10 +276,11 @@ BAD = {
 @pytest.mark.parametrize("case", BAD)
 def test_bad_images_get_400_with_a_message(client, case):
     kwargs, message = BAD[case]
-    reply = post(client, **kwargs)
-    assert reply.status_code == 400, reply.text
-    (detail,) = reply.json()["detail"]
-    assert detail["loc"] == ["file"] and message in detail["msg"], detail
+    for route in ("/predict", "/explain"):
+        reply = post(client, route=route, **kwargs)
+        assert reply.status_code == 400, (route, reply.text)
+        (detail,) = reply.json()["detail"]
+        assert detail["loc"] == ["file"] and message in detail["msg"], (route, detail)
 
 
 def test_an_image_is_judged_by_its_bytes_not_its_declared_type(client, stored):

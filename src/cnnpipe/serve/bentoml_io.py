@@ -1,5 +1,5 @@
-"""What the service needs of BentoML's private API, in one place: the IO descriptors of its two
-batchable endpoints.
+"""What the service needs of BentoML's private API, in one place: the IO descriptors of its
+endpoints.
 
 BentoML 1.4 parses a request with its API's input spec (`IODescriptor.from_http_request`) and
 sends the result with the output spec (`to_http_response`); its public types cannot take a
@@ -14,16 +14,17 @@ from __future__ import annotations
 import typing as t
 
 from _bentoml_sdk.io_models import IODescriptor, IOMixin
-from pydantic import ConfigDict
+from pydantic import BaseModel, ConfigDict
 from starlette.requests import Request
+from starlette.responses import Response
 
-from cnnpipe.serve.contract import Prediction
+from cnnpipe.serve.contract import Prediction, explained_header
 from cnnpipe.serve.decoding import Image
 from cnnpipe.serve.uploads import STATE_KEY
 
 
 class DecodedImages(IODescriptor):
-    """The input of /predict and /predict_batch: the request's decoded images."""
+    """The input of /predict, /predict_batch and /explain: the request's decoded images."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
     images: list[t.Any]
@@ -47,6 +48,21 @@ class PredictInput(DecodedImages):
 
 class PredictBatchInput(DecodedImages):
     pass
+
+
+class ExplainInput(DecodedImages):
+    pass
+
+
+class HeatMap(IOMixin, BaseModel):
+    """The /explain response: a PNG, and the class it explains in a header."""
+
+    png: bytes
+    label: str
+
+    @classmethod
+    async def to_http_response(cls, obj: t.Any, serde: t.Any) -> t.Any:
+        return Response(obj.png, media_type="image/png", headers=explained_header(obj.label))
 
 
 class OnePrediction(IOMixin, Prediction):

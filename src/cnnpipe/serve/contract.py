@@ -1,5 +1,7 @@
-"""The HTTP contract: what /predict, /predict_batch and /metadata take and answer, as pydantic
-models, and the OpenAPI document (/docs.json, the Swagger UI at /) that states it.
+"""The HTTP contract: what /predict, /predict_batch, /explain and /metadata take and answer, as
+pydantic models, how class probabilities become an answer (the label, or "unknown" under the
+model's threshold), and the OpenAPI document (/docs.json, the Swagger UI at /docs) that states
+it.
 
 BentoML documents every API with generic error schemas (a 400 whose `detail` is a string, 404,
 500) and a request body of one media type. The document served here is BentoML's with those
@@ -11,7 +13,9 @@ from __future__ import annotations
 
 import json
 import typing as t
+from urllib.parse import quote
 
+import numpy as np
 from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse
 
@@ -25,12 +29,44 @@ IMAGE_DOC = "the image: PNG, JPEG, GIF, BMP, WebP or TIFF, typed or not"
 
 
 class Prediction(BaseModel):
-    label: str = Field(description="the most probable class", examples=["circle"])
-    confidence: float = Field(description="its probability", examples=[0.97])
+    label: str | None = Field(
+        description="the most probable class; null when its probability is under the model's "
+        "threshold (/metadata): the model does not know, `reason` says why",
+        examples=["circle"],
+    )
+    confidence: float = Field(
+        description="the most probable class's calibrated probability", examples=[0.97]
+    )
     probabilities: dict[str, float] = Field(
-        description="class name -> probability, most probable first (the top_k only if given)",
+        description="class name -> calibrated probability, most probable first (the top_k "
+        "only if given); given with a null label too",
         examples=[{"circle": 0.97, "square": 0.02, "triangle": 0.01}],
     )
+    reason: str | None = Field(
+        description="why the label is null; null when there is a label", examples=[None]
+    )
+
+
+def answer(probabilities: np.ndarray, card: ModelCard, top_k: int | None) -> Prediction:
+    """The answer for one image's class probabilities: its top classes, and its label unless the
+    top probability is under the card's threshold. The service and `cnnpipe predict` both
+    answer with this."""
+    ranked = np.argsort(-probabilities, kind="stable")[:top_k]
+    confidence = float(probabilities[ranked[0]])
+    reason = card.refusal(confidence)
+    return Prediction(
+        label=None if reason else card.classes[ranked[0]],
+        confidence=confidence,
+        probabilities={card.classes[i]: float(probabilities[i]) for i in ranked},
+        reason=reason,
+    )
+
+
+EXPLAINED_HEADER = "X-Explained-Class"  # the class /explain drew, percent-encoded UTF-8
+
+
+def explained_header(label: str) -> dict[str, str]:
+    return {EXPLAINED_HEADER: quote(label, safe="")}
 
 
 class ServedModel(ModelCard):
@@ -93,8 +129,8 @@ def _json(schema: dict, description: str) -> dict:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def _form(many: bool, max_images: int) -> dict:
-    """The multipart form: the image field(s) and top_k."""
+def _form(many: bool, max_images: int, top_k: bool = True) -> dict:
+    """The multipart form: the image field(s), and top_k unless the endpoint takes none."""
     if many:
         field = "files"
         images = {
@@ -106,19 +142,21 @@ def _form(many: bool, max_images: int) -> dict:
         }
     else:
         field, images = "file", {**BINARY, "description": IMAGE_DOC}
+    properties = {field: images, "top_k": FORM_TOP_K} if top_k else {field: images}
     return {
         "type": "object",
-        "properties": {field: images, "top_k": FORM_TOP_K},
+        "properties": properties,
         "required": [field],
         "additionalProperties": False,
     }
 
 
-def _operation(settings: Settings, many: bool, original: dict, components: dict) -> dict:
+def _image_body(settings: Settings, many: bool, top_k: bool = True) -> dict:
+    """The request body of an image endpoint: a multipart form, or (one image) the image."""
     field = "files" if many else "file"
     content = {
         "multipart/form-data": {
-            "schema": _form(many, settings.max_images),
+            "schema": _form(many, settings.max_images, top_k),
             # what the part must hold; its declared type is not checked (python-requests sends
             # none): the bytes are decoded
             "encoding": {field: {"contentType": "image/*"}},
@@ -126,11 +164,17 @@ def _operation(settings: Settings, many: bool, original: dict, components: dict)
     }
     if not many:  # one image may also be the whole body (application/octet-stream too)
         content["image/*"] = {"schema": BINARY}
+    return {"required": True, "content": content}
+
+
+KEPT = ("tags", "x-bentoml-name", "operationId", "description")  # of BentoML's operation
+
+
+def _operation(settings: Settings, many: bool, original: dict, components: dict) -> dict:
     prediction = _schema(Prediction, components)
     error = _schema(ErrorBody, components)
-    kept = ("tags", "x-bentoml-name", "operationId", "description")
     return {
-        **{k: v for k, v in original.items() if k in kept},
+        **{k: v for k, v in original.items() if k in KEPT},
         "parameters": [
             {
                 "name": "top_k",
@@ -140,7 +184,7 @@ def _operation(settings: Settings, many: bool, original: dict, components: dict)
                 "schema": TOP_K,
             }
         ],
-        "requestBody": {"required": True, "content": content},
+        "requestBody": _image_body(settings, many),
         "responses": {
             "200": _json(
                 {"type": "array", "items": prediction} if many else prediction,
@@ -155,6 +199,32 @@ def _operation(settings: Settings, many: bool, original: dict, components: dict)
     }
 
 
+def _explain_operation(settings: Settings, original: dict, components: dict) -> dict:
+    error = _schema(ErrorBody, components)
+    png = {"image/png": {"schema": BINARY}}
+    header = {
+        "description": "the class the heat map is drawn for (the most probable), "
+        "percent-encoded UTF-8",
+        "schema": {"type": "string"},
+    }
+    return {
+        **{k: v for k, v in original.items() if k in KEPT},
+        "requestBody": _image_body(settings, many=False, top_k=False),
+        "responses": {
+            "200": {
+                "description": "the model input with its Grad-CAM heat map for the most "
+                "probable class over it",
+                "headers": {EXPLAINED_HEADER: header},
+                "content": png,
+            },
+            "400": _json(_schema(BadRequestBody, components), "each problem, with its fix"),
+            "413": _json(error, f"a body over {settings.max_upload_bytes} bytes"),
+            "429": _json(error, "too many requests or uploads in flight; retry"),
+            "504": _json(error, f"not answered within {settings.timeout_s} s"),
+        },
+    }
+
+
 def document(base: dict, settings: Settings) -> dict:
     """BentoML's OpenAPI document with the service's own operations."""
     paths = base.setdefault("paths", {})
@@ -162,6 +232,8 @@ def document(base: dict, settings: Settings) -> dict:
     for route, many in (("/predict", False), ("/predict_batch", True)):
         original = paths.get(route, {}).get("post", {})
         paths[route] = {"post": _operation(settings, many, original, components)}
+    original = paths.get("/explain", {}).get("post", {})
+    paths["/explain"] = {"post": _explain_operation(settings, original, components)}
     paths["/metadata"] = {
         "get": {
             "tags": ["Service APIs"],

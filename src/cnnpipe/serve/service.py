@@ -1,11 +1,14 @@
-"""The BentoML service: the packaged model behind `POST /predict`, `POST /predict_batch` and
-`GET /metadata`, started with `bentoml serve` (bentofile.yaml names `Classifier`).
+"""The BentoML service: the packaged model behind `POST /predict`, `POST /predict_batch`,
+`POST /explain` and `GET /metadata`, with a page for people at `/` and Swagger UI at `/docs`,
+started with `bentoml serve` (bentofile.yaml names `Classifier`).
 
 Each module of cnnpipe.serve does one job: settings (CNNPIPE_* variables), uploads (requests to
 decoded images, or a 400), limits (413 and 429), runtime (onnxruntime or torch), contract (the
-response models and the OpenAPI document), header_timeout (slow clients), bentoml_io (what is
-used of BentoML's private API). This module puts them together. Both endpoints are batchable
-BentoML APIs: concurrent requests are grouped into one forward pass.
+response models, the answer with its "unknown", and the OpenAPI document), page (the static
+pages), header_timeout (slow clients), bentoml_io (what is used of BentoML's private API). This
+module puts them together. /predict and /predict_batch are batchable BentoML APIs: concurrent
+requests are grouped into one forward pass. /explain needs gradients, which the ONNX runtime has
+not: a worker loads the torch model on its first /explain.
 
 The settings are read when this module is imported: BentoML fixes the worker count and the
 batching bounds when the service class is defined.
@@ -29,11 +32,18 @@ from starlette.routing import Route
 
 from cnnpipe.core.dataset import InputSpec
 from cnnpipe.serve import decoding, header_timeout, runtime
-from cnnpipe.serve.bentoml_io import OnePrediction, PredictBatchInput, PredictInput
-from cnnpipe.serve.contract import Docs, Prediction, ServedModel
+from cnnpipe.serve.bentoml_io import (
+    ExplainInput,
+    HeatMap,
+    OnePrediction,
+    PredictBatchInput,
+    PredictInput,
+)
+from cnnpipe.serve.contract import Docs, Prediction, ServedModel, answer
 from cnnpipe.serve.decoding import Image
 from cnnpipe.serve.limits import Rebalance, RequestLimits
 from cnnpipe.serve.packaging import MODEL_ARCHIVE, NAME
+from cnnpipe.serve.page import Pages
 from cnnpipe.serve.settings import settings_from_env
 from cnnpipe.serve.uploads import Uploads
 
@@ -105,6 +115,8 @@ class Classifier:
         _collect_less_garbage()
         stored = self.bento_model  # the model in the store, once the service is instantiated
         self.runtime = runtime.load(Path(stored.path), SETTINGS.runtime, SETTINGS.model_threads)
+        # for /explain: the torch runtime, loaded on the first unless it runs the predictions
+        self.torch = self.runtime if isinstance(self.runtime, runtime.TorchRuntime) else None
         self.metadata = ServedModel(
             **stored.info.metadata,
             model=str(stored.tag),
@@ -114,18 +126,9 @@ class Classifier:
 
     def _classify(self, images: list[Image]) -> list[Prediction]:
         probs = self.runtime.probabilities(np.stack([im.pixels for im in images]))
-        classes = self.metadata.classes
-        results = []
-        for p, image in zip(probs, images, strict=True):
-            ranked = np.argsort(-p, kind="stable")[: image.top_k]
-            results.append(
-                Prediction(
-                    label=classes[ranked[0]],
-                    confidence=float(p[ranked[0]]),
-                    probabilities={classes[i]: float(p[i]) for i in ranked},
-                )
-            )
-        return results
+        return [
+            answer(p, self.metadata, image.top_k) for p, image in zip(probs, images, strict=True)
+        ]
 
     @bentoml.api(
         batchable=True,
@@ -156,6 +159,21 @@ class Classifier:
         """
         return self._classify(images)
 
+    @bentoml.api(input_spec=ExplainInput, output_spec=HeatMap)
+    def explain(self, images: list[Image]) -> HeatMap:
+        """Where the model looked: the image as the model sees it, with the Grad-CAM heat map of
+        its most probable class over it, as a PNG (that class in the X-Explained-Class header).
+        The image as for /predict: a multipart field `file` or the whole body.
+
+        Example: `curl -F file=@star.png -o star-gradcam.png http://localhost:3000/explain`
+        """
+        if self.torch is None:
+            loaded = runtime.load(Path(self.bento_model.path), "torch", SETTINGS.model_threads)
+            self.torch = t.cast(runtime.TorchRuntime, loaded)
+        (image,) = images
+        png, target = self.torch.explain(image.pixels)
+        return HeatMap(png=png, label=self.metadata.classes[target])
+
 
 # The decorators made Classifier a bentoml.Service; mypy keeps a class decorator's input type.
 _service = t.cast("bentoml.Service[Classifier]", Classifier)
@@ -166,4 +184,5 @@ _service.add_asgi_middleware(
     RequestLimits, max_bytes=SETTINGS.max_upload_bytes, max_in_flight=SETTINGS.max_uploads_bytes
 )
 _service.add_asgi_middleware(Docs, settings=SETTINGS)
+_service.add_asgi_middleware(Pages)
 _service.add_asgi_middleware(Uploads, spec=_served_spec, settings=SETTINGS)

@@ -1,4 +1,5 @@
-"""Upload parsing: a /predict or /predict_batch request into decoded model inputs, or a 400.
+"""Upload parsing: a /predict, /predict_batch or /explain request into decoded model inputs, or a
+400.
 
 An image is accepted however common clients send it: a multipart file part typed image/*,
 application/octet-stream, something else or not typed at all (python-requests sends none), or a
@@ -37,10 +38,12 @@ class Endpoint:
     route: str
     field: str  # the multipart field of the image(s)
     many: bool  # several images (repeated field), else exactly one
+    top_k: bool = True  # takes top_k (form field or query parameter)
 
 
 PREDICT = Endpoint("/predict", "file", many=False)
 PREDICT_BATCH = Endpoint("/predict_batch", "files", many=True)
+EXPLAIN = Endpoint("/explain", "file", many=False, top_k=False)
 
 
 class BadRequest(Exception):
@@ -85,9 +88,10 @@ async def _form_parts(request: Request, endpoint: Endpoint, max_images: int, pro
                 )
             ]
         ) from None
-    allowed = {endpoint.field, "top_k"}
+    allowed = {endpoint.field, "top_k"} if endpoint.top_k else {endpoint.field}
+    only = f"{endpoint.field} and top_k" if endpoint.top_k else endpoint.field
     for name in sorted(set(form.keys()) - allowed):
-        problems.append(((name,), f"unknown field; send only {endpoint.field} and top_k"))
+        problems.append(((name,), f"unknown field; send only {only}"))
     top_k = form.getlist("top_k")
     if len(top_k) > 1:
         problems.append((("top_k",), "given more than once; send it once"))
@@ -101,7 +105,8 @@ async def read_parts(
     """The image parts of a request and its top_k, or BadRequest."""
     problems: list[tuple[tuple[str | int, ...], str]] = []
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    query_top_k = request.query_params.get("top_k") if request.scope.get("query_string") else None
+    given = endpoint.top_k and request.scope.get("query_string")
+    query_top_k = request.query_params.get("top_k") if given else None
     if media_type == "multipart/form-data":
         parts, form_top_k = await _form_parts(request, endpoint, max_images, problems)
         # each must be valid; the form field, if given, wins
@@ -164,15 +169,15 @@ async def decode_parts(
 
 
 class Uploads:
-    """ASGI middleware: decodes the images of every /predict and /predict_batch request and
-    leaves them in the request's state for the service (cnnpipe.serve.bentoml_io), or answers
-    400 and logs the request as one line."""
+    """ASGI middleware: decodes the images of every /predict, /predict_batch and /explain
+    request and leaves them in the request's state for the service (cnnpipe.serve.bentoml_io),
+    or answers 400 and logs the request as one line."""
 
     def __init__(self, app: ASGIApp, spec: t.Callable[[], InputSpec], settings: Settings) -> None:
         self.app = app
         self.spec = spec  # called at the first request: the model is loaded after the app is built
         self.settings = settings
-        self.endpoints = {e.route: e for e in (PREDICT, PREDICT_BATCH)}
+        self.endpoints = {e.route: e for e in (PREDICT, PREDICT_BATCH, EXPLAIN)}
         self.decoder: Decoder | None = None
 
     def _decoder(self) -> Decoder:

@@ -1,0 +1,62 @@
+"""The service's pages, as ASGI middleware: `/`, a page for people to try the model (choose or
+drop an image: its top classes with their calibrated probabilities, the "unknown" answer, the
+Grad-CAM heat map; the model's classes, test metrics and version), and `/docs`, Swagger UI on the
+OpenAPI document. Both are static files of this package (cnnpipe/serve/static) and Swagger UI's
+files that BentoML ships, so they work offline; a Content-Security-Policy header keeps every
+script, style, image and request on the server itself.
+"""
+
+from __future__ import annotations
+
+import typing as t
+from pathlib import Path
+
+from starlette.responses import FileResponse, PlainTextResponse
+
+if t.TYPE_CHECKING:
+    from starlette.types import ASGIApp, Receive, Scope, Send
+
+STATIC = Path(__file__).parent / "static"
+ASSETS = "/page/"  # where the page's own scripts and styles are served
+# the page: nothing but this server; blob: for the chosen image and the heat map it shows
+PAGE_POLICY = (
+    "default-src 'self'; img-src 'self' blob:; object-src 'none'; base-uri 'none'; "
+    "frame-ancestors 'none'; form-action 'self'"
+)
+# Swagger UI sets style attributes and draws its icons from data: URIs
+DOCS_POLICY = (
+    "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+PAGES = {"/": ("index.html", PAGE_POLICY), "/docs": ("docs.html", DOCS_POLICY)}
+MEDIA_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
+
+
+class Pages:
+    """Serves GET (and HEAD) `/`, `/docs` and the page's assets under /page/; passes anything
+    else on."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.assets = {f"{ASSETS}{p.name}": p for p in STATIC.iterdir() if p.suffix != ".html"}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else None
+        if path in PAGES:
+            name, policy = PAGES[path]
+            file = STATIC / name
+        elif path in self.assets:
+            file, policy = self.assets[path], PAGE_POLICY
+        else:
+            return await self.app(scope, receive, send)
+        if scope["method"] not in ("GET", "HEAD"):
+            response = PlainTextResponse("use GET", status_code=405, headers={"Allow": "GET"})
+            return await response(scope, receive, send)
+        headers = {
+            "Content-Security-Policy": policy,
+            "X-Content-Type-Options": "nosniff",
+            "Cache-Control": "no-cache",
+        }
+        media_type = MEDIA_TYPES.get(file.suffix, "application/octet-stream")
+        response = FileResponse(file, media_type=f"{media_type}; charset=utf-8", headers=headers)
+        await response(scope, receive, send)
