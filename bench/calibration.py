@@ -1,0 +1,141 @@
+"""Calibration and the "unknown" answer with default params: the real pipeline (`dvc repro`) in a
+scratch copy of this checkout per data source, then each model's test figures and how many
+pictures of the other source it refuses.
+
+For each case SOURCE:MODEL it reproduces evaluate with only `generate.source` and `train.model`
+set, and prints from metrics/evaluate the test ECE (15 bins) and NLL without and with the
+temperature, and the coverage and selective accuracy at the threshold. Then it runs
+`cnnpipe predict --model models/model.pt` on the other source's test images (digits for a shapes
+model, shapes for a digits model) and counts the answers "unknown". For comparison it also
+prints the share refused by two other scores at the same 97%-of-validation coverage: the largest
+logit, and the energy score (logsumexp of the logits), computed from the same model.
+
+    python bench/calibration.py                                   # shapes:lenet5 digits:resnet18
+    python bench/calibration.py --cases digits:lenet5 --keep /tmp/calibration
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from quality import repro, scratch_copy, set_params  # noqa: E402
+
+from cnnpipe.core import preprocess  # noqa: E402
+from cnnpipe.core.dataset import read_split  # noqa: E402
+from cnnpipe.model import calibration, checkpoint  # noqa: E402
+from cnnpipe.model.inference import Placement, logits  # noqa: E402
+
+
+def test_files(root: Path) -> list[Path]:
+    with open(root / "data/processed/test.csv", newline="") as f:
+        return [root / "data/raw" / row["file"] for row in csv.DictReader(f)]
+
+
+def refused_by_cnnpipe_predict(root: Path, files: list[Path]) -> float:
+    """The share of `files` that `cnnpipe predict` answers "unknown" with root's model.pt."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    command = [sys.executable, "-c", "from cnnpipe.cli import main; main()", "predict"]
+    out = root / "ood.json"
+    result = subprocess.run(
+        [*command, *map(str, files), "--model", str(root / "models/model.pt"), "--out", str(out)],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"cnnpipe predict failed: {result.stderr[-2000:]}")
+    rows = json.loads(out.read_text())
+    return sum(row["label"] is None for row in rows) / len(rows)
+
+
+def other_scores(root: Path, files: list[Path]) -> dict[str, tuple[float, float]]:
+    """For the max logit and the energy score: (test coverage, share of `files` refused) at the
+    threshold that keeps the model's target coverage of validation images."""
+    model, card, _ = checkpoint.load(root / "models/model.pt")
+    placement = Placement(torch.device("cpu"), card.mean, card.std)
+
+    def logits_of(images: np.ndarray) -> torch.Tensor:
+        return logits(model, torch.from_numpy(np.array(images)), placement, 256)
+
+    processed = root / "data/processed"
+    val = logits_of(read_split(processed, "val").images)
+    test = logits_of(read_split(processed, "test").images)
+    ood = logits_of(np.stack([preprocess.load(f, card.image_size, card.channels) for f in files]))
+    scores = {
+        "max logit": lambda z: z.max(1).values.numpy(),
+        "energy": lambda z: torch.logsumexp(z, 1).numpy(),
+    }
+    figures = {}
+    for name, score in scores.items():
+        threshold = calibration.threshold_for_coverage(score(val), card.target_coverage or 1.0)
+        kept, refused = (score(test) >= threshold).mean(), (score(ood) < threshold).mean()
+        figures[name] = (float(kept), float(refused))
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cases", nargs="+", default=["shapes:lenet5", "digits:resnet18"])
+    parser.add_argument("--keep", type=Path, help="keep the scratch projects under this folder")
+    args = parser.parse_args()
+    cases = [case.split(":") for case in args.cases]
+    base = Path(args.keep or tempfile.mkdtemp(prefix="cnnpipe-calibration-"))
+    roots = {}
+    for source in dict.fromkeys(["shapes", "digits"]):  # both: each is the other's stranger
+        root = roots[source] = base / source
+        if root.exists():
+            shutil.rmtree(root)
+        root.mkdir(parents=True)
+        scratch_copy(root)
+        set_params(root, {"generate.source": source})
+        repro(root, "process")
+    rows = []
+    for source, model in cases:
+        root = roots[source]
+        set_params(root, {"train.model": model})
+        repro(root, "evaluate")
+        m = json.loads((root / "metrics/evaluate/metrics.json").read_text())
+        card = checkpoint.card_of(checkpoint.read(root / "models/model.pt"))
+        other = "digits" if source == "shapes" else "shapes"
+        strangers = test_files(roots[other])
+        refused = refused_by_cnnpipe_predict(root, strangers)
+        rows.append((source, model, m, card, other, refused, other_scores(root, strangers)))
+        print(f"calibration: {source} {model}: {m} refused {refused:.3f}", flush=True)
+    print(
+        "\n| data | model | T | test ECE before / after | test NLL before / after | threshold "
+        "| test coverage | selective accuracy | accuracy | refused of the other source "
+        "(top probability) | max logit: coverage / refused | energy: coverage / refused |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for source, model, m, card, other, refused, others in rows:
+        logit, energy = others["max logit"], others["energy"]
+        print(
+            f"| {source} | {model} | {card.temperature:.3f} | {m['test_ece_uncalibrated']:.4f} / "
+            f"{m['test_ece']:.4f} | {m['test_nll_uncalibrated']:.4f} / {m['test_nll']:.4f} | "
+            f"{card.threshold:.3f} | {m['test_coverage']:.4f} | "
+            f"{m['test_selective_accuracy']:.4f} | {m['test_accuracy']:.4f} | {other}: "
+            f"{refused:.3f} | {logit[0]:.3f} / {logit[1]:.3f} | {energy[0]:.3f} / {energy[1]:.3f} |"
+        )
+    print(f"projects in {base if args.keep else '(removed)'}")
+    if not args.keep:
+        shutil.rmtree(base)
+
+
+if __name__ == "__main__":
+    main()
