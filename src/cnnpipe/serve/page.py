@@ -29,7 +29,12 @@ DOCS_POLICY = (
     "object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 )
 PAGES = {"/": ("index.html", PAGE_POLICY), "/docs": ("docs.html", DOCS_POLICY)}
-MEDIA_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
+MEDIA_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+}
 
 
 class Pages:
@@ -58,5 +63,5 @@ class Pages:
             "Cache-Control": "no-cache",
         }
         media_type = MEDIA_TYPES.get(file.suffix, "application/octet-stream")
-        response = FileResponse(file, media_type=f"{media_type}; charset=utf-8", headers=headers)
+        response = FileResponse(file, media_type=media_type, headers=headers)
         await response(scope, receive, send)
