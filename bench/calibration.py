@@ -7,8 +7,8 @@ set, and prints from metrics/evaluate the test ECE (15 bins) and NLL without and
 temperature, and the coverage and selective accuracy at the threshold. Then it runs
 `cnnpipe predict --model models/model.pt` on the other source's test images (digits for a shapes
 model, shapes for a digits model) and counts the answers "unknown". For comparison it also
-prints the share refused by two other scores at the same 97%-of-validation coverage: the largest
-logit, and the energy score (logsumexp of the logits), computed from the same model.
+prints the share refused by other scores at the same coverage of validation images: the largest
+logit, the energy score, and Mahalanobis distances of the model's features (see other_scores).
 
     python bench/calibration.py                                   # shapes:lenet5 digits:resnet18
     python bench/calibration.py --cases digits:lenet5 --keep /tmp/calibration
@@ -37,7 +37,7 @@ from quality import repro, scratch_copy, set_params  # noqa: E402
 
 from cnnpipe.core import preprocess  # noqa: E402
 from cnnpipe.core.dataset import read_split  # noqa: E402
-from cnnpipe.model import calibration, checkpoint  # noqa: E402
+from cnnpipe.model import calibration, checkpoint, registry  # noqa: E402
 from cnnpipe.model.inference import Placement, logits  # noqa: E402
 
 
@@ -64,28 +64,69 @@ def refused_by_cnnpipe_predict(root: Path, files: list[Path]) -> float:
     return sum(row["label"] is None for row in rows) / len(rows)
 
 
+def mahalanobis_score(train: np.ndarray, labels: np.ndarray, classes: int):
+    """A score from the Mahalanobis distance to the nearest class mean of the train features
+    (one covariance shared by the classes, shrunk a little towards its mean variance)."""
+    means = np.stack([train[labels == c].mean(0) for c in range(classes)])
+    centred = train - means[labels]
+    covariance = centred.T @ centred / len(centred)
+    shrink = 1e-3 * np.trace(covariance) / len(covariance)
+    precision = np.linalg.inv(covariance + shrink * np.eye(len(covariance)))
+
+    def score(f: np.ndarray) -> np.ndarray:
+        return -np.min([np.einsum("ij,jk,ik->i", f - m, precision, f - m) for m in means], axis=0)
+
+    return score
+
+
 def other_scores(root: Path, files: list[Path]) -> dict[str, tuple[float, float]]:
-    """For the max logit and the energy score: (test coverage, share of `files` refused) at the
-    threshold that keeps the model's target coverage of validation images."""
+    """For other scores of how in-distribution an image is, (test coverage, share of `files`
+    refused) at the threshold that keeps the model's target coverage of validation images: the
+    largest logit; the energy score (logsumexp of the logits); the Mahalanobis distance to the
+    nearest class of the train split (Lee et al., 2018) of the classifier head's input; and the
+    same of the feature statistics of the early stages: the mean and standard deviation of each
+    channel of every stage whose output map is larger than 1x1."""
     model, card, _ = checkpoint.load(root / "models/model.pt")
     placement = Placement(torch.device("cpu"), card.mean, card.std)
+    head, stages = [], []
+    model.get_submodule(registry.head_name(model)).register_forward_hook(
+        lambda _m, inputs, _out: head.append(inputs[0].detach())
+    )
+    extractor = getattr(model, "features", model)
+    for stage in extractor.children():
+        if isinstance(stage, torch.nn.Conv2d) or any(stage.children()):
+            stage.register_forward_hook(lambda _m, _i, out: stages.append(out.detach()))
 
-    def logits_of(images: np.ndarray) -> torch.Tensor:
-        return logits(model, torch.from_numpy(np.array(images)), placement, 256)
+    def run(images: np.ndarray) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        head.clear()
+        stages.clear()
+        z = logits(model, torch.from_numpy(np.array(images)), placement, 100_000)  # one batch
+        maps = [m for m in stages if m.dim() == 4 and min(m.shape[-2:]) > 1]
+        statistics = torch.cat([s for m in maps for s in (m.mean((2, 3)), m.std((2, 3)))], 1)
+        return z, torch.cat(head).double().numpy(), statistics.double().numpy()
 
     processed = root / "data/processed"
-    val = logits_of(read_split(processed, "val").images)
-    test = logits_of(read_split(processed, "test").images)
-    ood = logits_of(np.stack([preprocess.load(f, card.image_size, card.channels) for f in files]))
+    train = read_split(processed, "train")
+    _, train_head, train_statistics = run(train.images)
+    classes = len(card.classes)
+    head_score = mahalanobis_score(train_head, train.labels, classes)
+    statistics_score = mahalanobis_score(train_statistics, train.labels, classes)
+    splits = {
+        "val": run(read_split(processed, "val").images),
+        "test": run(read_split(processed, "test").images),
+        "other": run(np.stack([preprocess.load(f, card.image_size, card.channels) for f in files])),
+    }
     scores = {
-        "max logit": lambda z: z.max(1).values.numpy(),
-        "energy": lambda z: torch.logsumexp(z, 1).numpy(),
+        "max logit": lambda z, h, s: z.max(1).values.numpy(),
+        "energy": lambda z, h, s: torch.logsumexp(z, 1).numpy(),
+        "Mahalanobis, head input": lambda z, h, s: head_score(h),
+        "Mahalanobis, early-stage statistics": lambda z, h, s: statistics_score(s),
     }
     figures = {}
     for name, score in scores.items():
-        threshold = calibration.threshold_for_coverage(score(val), card.target_coverage or 1.0)
-        kept, refused = (score(test) >= threshold).mean(), (score(ood) < threshold).mean()
-        figures[name] = (float(kept), float(refused))
+        val, test, other = (score(*splits[s]) for s in ("val", "test", "other"))
+        threshold = calibration.threshold_for_coverage(val, card.target_coverage or 1.0)
+        figures[name] = (float((test >= threshold).mean()), float((other < threshold).mean()))
     return figures
 
 
@@ -119,19 +160,24 @@ def main() -> None:
         print(f"calibration: {source} {model}: {m} refused {refused:.3f}", flush=True)
     print(
         "\n| data | model | T | test ECE before / after | test NLL before / after | threshold "
-        "| test coverage | selective accuracy | accuracy | refused of the other source "
-        "(top probability) | max logit: coverage / refused | energy: coverage / refused |"
+        "| test coverage | selective accuracy | accuracy | refused of the other source |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for source, model, m, card, other, refused, others in rows:
-        logit, energy = others["max logit"], others["energy"]
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for source, model, m, card, other, refused, _ in rows:
         print(
             f"| {source} | {model} | {card.temperature:.3f} | {m['test_ece_uncalibrated']:.4f} / "
             f"{m['test_ece']:.4f} | {m['test_nll_uncalibrated']:.4f} / {m['test_nll']:.4f} | "
             f"{card.threshold:.3f} | {m['test_coverage']:.4f} | "
             f"{m['test_selective_accuracy']:.4f} | {m['test_accuracy']:.4f} | {other}: "
-            f"{refused:.3f} | {logit[0]:.3f} / {logit[1]:.3f} | {energy[0]:.3f} / {energy[1]:.3f} |"
+            f"{refused:.3f} |"
         )
+    names = list(rows[0][6]) if rows else []
+    print("\nOther scores at the same coverage of validation images: test coverage / refused")
+    print(f"| data | model | {' | '.join(names)} |")
+    print("|---|---|" + "---|" * len(names))
+    for source, model, *_, others in rows:
+        cells = " | ".join(f"{others[n][0]:.3f} / {others[n][1]:.3f}" for n in names)
+        print(f"| {source} | {model} | {cells} |")
     print(f"projects in {base if args.keep else '(removed)'}")
     if not args.keep:
         shutil.rmtree(base)

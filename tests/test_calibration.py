@@ -42,11 +42,15 @@ def test_temperature_scaling_lowers_calibration_error_and_nll_and_keeps_every_pr
     assert nll(scaled, labels) < nll(raw, labels)
 
 
-def test_a_validation_split_without_errors_keeps_the_temperature_in_bounds():
-    logits = torch.tensor([[5.0, 0.0], [0.0, 5.0]] * 10)
-    labels = torch.tensor([0, 1] * 10)
-    fitted = calibration.fit_temperature(logits, labels)  # sharper is always better here
-    assert calibration.MIN_TEMPERATURE <= fitted < 0.5
+def test_a_validation_split_without_errors_gets_laplaces_accuracy_as_its_confidence():
+    """No image wrong: the NLL falls without end as T goes to 0; the mean top probability is
+    set to (n + 1) / (n + 2) instead."""
+    logits = torch.tensor([[5.0, 0.0], [0.0, 3.0]] * 9)
+    labels = torch.tensor([0, 1] * 9)
+    fitted = calibration.fit_temperature(logits, labels)
+    confidence = calibration.softmax(logits, fitted).max(1).mean()
+    assert confidence == pytest.approx(19 / 20, abs=1e-6)
+    assert calibration.MIN_TEMPERATURE < fitted < calibration.MAX_TEMPERATURE
 
 
 def test_reliability_bins_hold_every_image_and_ece_is_the_weighted_gap():

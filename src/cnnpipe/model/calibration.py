@@ -23,8 +23,7 @@ from cnnpipe.core.dataset import InputSpec, Split
 from cnnpipe.model.inference import Placement, as_tensor, logits
 
 ECE_BINS = 15
-# T stays within these bounds: a validation split the model gets entirely right lowers the NLL
-# without end as T goes to 0, and a very small split can push T anywhere.
+# T stays within these bounds: a very small validation split can push it anywhere.
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 20.0
 
 
@@ -49,9 +48,15 @@ def split_logits(
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """The temperature that minimises the NLL of softmax(logits / T): LBFGS on log T (which
-    keeps T positive), in float64, bounded to [MIN_TEMPERATURE, MAX_TEMPERATURE]."""
+    keeps T positive), in float64, bounded to [MIN_TEMPERATURE, MAX_TEMPERATURE].
+
+    When the model gets every image right the NLL has no minimum (it falls as T goes to 0, and
+    the first wrong image later gets a probability of 0): T is then the one whose mean top
+    probability is Laplace's estimate of the accuracy, (n + 1) / (n + 2) for n images."""
     z, y = logits.detach().double(), labels.long()
     bounds = math.log(MIN_TEMPERATURE), math.log(MAX_TEMPERATURE)
+    if len(y) and bool((z.argmax(1) == y).all()):
+        return _temperature_for_confidence(z, (len(y) + 1) / (len(y) + 2), bounds)
     log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS([log_t], lr=1.0, max_iter=100, line_search_fn="strong_wolfe")
 
@@ -63,6 +68,19 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
     optimizer.step(closure)
     return float(log_t.detach().clamp(*bounds).exp())
+
+
+def _temperature_for_confidence(
+    z: torch.Tensor, target: float, bounds: tuple[float, float]
+) -> float:
+    """The T within bounds whose mean top probability is `target` (it falls as T rises), by
+    bisection on log T."""
+    low, high = bounds
+    for _ in range(60):
+        middle = (low + high) / 2
+        confidence = torch.softmax(z / math.exp(middle), dim=1).max(1).values.mean()
+        low, high = (middle, high) if confidence > target else (low, middle)
+    return math.exp((low + high) / 2)
 
 
 def softmax(logits: torch.Tensor, temperature: float = 1.0) -> np.ndarray:

@@ -79,8 +79,8 @@ def overlay(pixels: np.ndarray, heatmap: np.ndarray, size: int = OVERLAY_SIZE) -
     image = Image.fromarray(pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0))
     base = np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR))
     heat = Image.fromarray(np.uint8(np.clip(heatmap, 0, 1) * 255))
-    heat = np.asarray(heat.resize((size, size), Image.Resampling.BILINEAR)) / 255.0
-    colour = colormaps[COLORMAP](heat)[..., :3] * 255
+    enlarged = np.asarray(heat.resize((size, size), Image.Resampling.BILINEAR)) / 255.0
+    colour = colormaps[COLORMAP](enlarged)[..., :3] * 255
     blended = (1 - HEAT_ALPHA) * base + HEAT_ALPHA * colour
     return Image.fromarray(np.uint8(np.clip(blended.round(), 0, 255)))
 

@@ -77,7 +77,7 @@ def _stored(tag: str, threads: int, required: bool) -> Model | None:
             raise CnnpipeError(f"--model {tag}: not in the BentoML model store ({exc})") from None
         return None
     loaded = runtime.load(Path(stored.path), "auto", threads)
-    card = ModelCard(**stored.info.metadata)
+    card = ModelCard.model_validate(stored.info.metadata)
     return Model(loaded, card, f"{stored.tag} ({card.architecture}, {loaded.name})")
 
 
@@ -95,8 +95,7 @@ def predictions(
 
     def answered() -> Iterator[Row]:
         images = [result for _, result in window if not isinstance(result, str)]
-        batch = model.runtime.probabilities(np.stack(images)) if images else []
-        answers = iter(batch)
+        answers = iter(model.runtime.probabilities(np.stack(images)) if images else [])
         for path, result in window:
             if isinstance(result, str):
                 yield Row(path, None, result)

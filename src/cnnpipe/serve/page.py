@@ -11,7 +11,7 @@ from __future__ import annotations
 import typing as t
 from pathlib import Path
 
-from starlette.responses import FileResponse, PlainTextResponse
+from starlette.responses import FileResponse, PlainTextResponse, Response
 
 if t.TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
@@ -55,13 +55,13 @@ class Pages:
         else:
             return await self.app(scope, receive, send)
         if scope["method"] not in ("GET", "HEAD"):
-            response = PlainTextResponse("use GET", status_code=405, headers={"Allow": "GET"})
-            return await response(scope, receive, send)
+            refused = PlainTextResponse("use GET", status_code=405, headers={"Allow": "GET"})
+            return await refused(scope, receive, send)
         headers = {
             "Content-Security-Policy": policy,
             "X-Content-Type-Options": "nosniff",
             "Cache-Control": "no-cache",
         }
         media_type = MEDIA_TYPES.get(file.suffix, "application/octet-stream")
-        response = FileResponse(file, media_type=media_type, headers=headers)
+        response: Response = FileResponse(file, media_type=media_type, headers=headers)
         await response(scope, receive, send)
