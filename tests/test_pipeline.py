@@ -91,7 +91,7 @@ def test_metrics_and_plots_are_shown_by_dvc(reproduced: Project, tmp_path):
     for name in ("Loss", "Accuracy", "Confusion matrix", "F1 per class", "misclassified.png"):
         assert name in page
     for image in ("reliability.png", "gradcam.png"):  # the reliability diagram, Grad-CAM maps
-        assert f"metrics_evaluate_plots_images_{image}" in page or image in page
+        assert image in page
 
 
 def test_bentoml_serve_in_the_project_root_serves_the_workspace_model(reproduced: Project):
