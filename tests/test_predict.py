@@ -9,6 +9,7 @@ import csv
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ from conftest import REPO, encode
 from service_fixtures import stored_model, stranger, truncated
 
 from cnnpipe import cli
-from cnnpipe.core import preprocess
+from cnnpipe.core import preprocess, processes
 from cnnpipe.core.errors import CnnpipeError
 from cnnpipe.predict import files
 from cnnpipe.serve import runtime
@@ -194,3 +195,23 @@ def test_sorting_keeps_both_files_of_one_name_and_a_file_once(tmp_path):
     assert files.sort_into(one, into, link=False) == into / "x.png"  # sorted again: as it was
     assert sorted(p.name for p in into.iterdir()) == ["x-1.png", "x.png"]
     assert (into / "x-1.png").stat().st_ino == other.stat().st_ino  # a hard link
+
+
+def _handlers() -> tuple:
+    return signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+
+
+def test_decoding_processes_die_at_once_on_sigterm_and_leave_ctrl_c_to_the_main_one():
+    """The pool's workers do not inherit the main process's SIGTERM handler, which would
+    unwind a worker stopped by the pool while it waits on the pool's queue and hang the main
+    process in its join."""
+    previous, hook = signal.getsignal(signal.SIGTERM), sys.unraisablehook
+    processes.stop_on_sigterm()  # as `cnnpipe predict` does before it starts the pool
+    try:
+        with files.decoders(2) as pool:
+            assert pool is not None
+            handlers = pool.apply(_handlers)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        sys.unraisablehook = hook
+    assert handlers == (signal.SIG_DFL, signal.SIG_IGN)

@@ -87,15 +87,21 @@ def decoders(processes: int) -> Iterator[Pool | None]:
     if processes <= 1:
         yield None
         return
-    # Ctrl-C reaches the whole process group: the main process stops the pool
-    pool = multiprocessing.get_context("fork").Pool(
-        processes, signal.signal, (signal.SIGINT, signal.SIG_IGN)
-    )
+    pool = multiprocessing.get_context("fork").Pool(processes, _worker_signals)
     try:
         yield pool
     finally:
         pool.terminate()
         pool.join()
+
+
+def _worker_signals() -> None:
+    """A decoding process leaves Ctrl-C (sent to the whole process group) to the main process,
+    which stops the pool, and dies at once on the SIGTERM that stops it: the handler it
+    inherited (cnnpipe.core.processes) would unwind it and could leave it waiting on the
+    pool's queue, and the main process waiting on it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def decoded(
