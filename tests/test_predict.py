@@ -6,6 +6,7 @@ answers with a real `bentoml serve`."""
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 import shutil
@@ -46,9 +47,14 @@ def pictures(stored, tmp_path_factory) -> Path:
     return folder
 
 
+@functools.cache
+def onnx_runtime(model_dir: Path) -> runtime.Runtime:
+    return runtime.load(model_dir, "onnx", threads=1)
+
+
 def expected(stored: dict, path: Path, top_k: int | None = None) -> dict:
     """What the service answers for a file: its runtime on the pipeline's preprocessing."""
-    onnx = runtime.load(stored["dir"], "onnx", threads=1)
+    onnx = onnx_runtime(stored["dir"])
     card = stored["card"]
     pixels = preprocess.load(path, card.image_size, card.channels)
     return answer(onnx.probabilities(pixels[None])[0], card, top_k).model_dump()
