@@ -113,7 +113,13 @@ def bento_requirements(bentofile: Path = BENTOFILE, lock: Path = LOCK) -> tuple[
     """Where bentofile.yaml reads its requirements from, and what that file must say."""
     config = yaml.safe_load(bentofile.read_text())
     context = bentofile.parent / BUILD_CONTEXT
-    sources = [context / path for path in config["include"]]
+    # bentofile's include entries are glob patterns; only the Python files among them import
+    sources = [
+        path
+        for pattern in config["include"]
+        for path in sorted(context.glob(pattern))
+        if path.suffix == ".py"
+    ]
     text = requirements(lock.read_text(), imported_distributions(sources))
     return context / config["python"]["requirements_txt"], text
 
