@@ -62,6 +62,7 @@ BAD = {
     "cat/empty.png": lambda: b"",
     "dog/notes.txt": lambda: b"these are not pixels\n",
     "fish/truncated.png": lambda: encode(picture((40, 40, 220), (64, 64), 12), "PNG")[:3000],
+    "fish/netpbm.ppm": lambda: encode(picture((40, 40, 220), (32, 32), 13), "PPM"),  # unlisted
     "README.txt": lambda: b"class folders below\n",
 }
 

@@ -1,3 +1,6 @@
+import io
+from pathlib import Path
+
 import numpy as np
 import pytest
 from conftest import encode
@@ -118,6 +121,25 @@ def test_unusable_files_raise_an_image_error(data, words, tmp_path):
     path.write_bytes(data)
     with pytest.raises(preprocess.ImageError):
         preprocess.open_image(path)
+
+
+@pytest.mark.parametrize("fmt", ["PPM", "TGA", "PCX", "ICO", "SGI"])
+def test_formats_the_contract_does_not_list_are_refused_naming_those_it_does(fmt, tmp_path):
+    data = encode(solid("RGB", (16, 16)), fmt)
+    assert Image.open(io.BytesIO(data)).format == fmt  # Pillow itself would decode it
+    for source in (data, tmp_path / f"x.{fmt.lower()}"):
+        if isinstance(source, Path):
+            source.write_bytes(data)
+        with pytest.raises(preprocess.ImageError, match=preprocess.FORMAT_NAMES):
+            preprocess.load(source, 8, 1)
+    assert preprocess.header(data) is None
+
+
+def test_the_listed_formats_are_the_ones_decoded():
+    for fmt in preprocess.FORMATS:
+        data = encode(solid("RGB", (16, 16)), fmt)
+        assert preprocess.header(data)[1] == (16, 16), fmt
+        assert preprocess.load(data, 8, 1).shape == (1, 8, 8), fmt
 
 
 def test_an_oversized_image_is_refused_before_decoding():

@@ -23,6 +23,11 @@ if TYPE_CHECKING:
     import torch
 
 DEFAULT_MAX_PIXELS = 50_000_000
+# The formats an image may be in, as Pillow names its decoders. Pillow knows about 40, some of
+# them rarely exercised (and EPS runs Ghostscript): only these are ever tried, for a folder
+# source and an upload alike.
+FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
+FORMAT_NAMES = "PNG, JPEG, GIF, BMP, WebP or TIFF"  # FORMATS as a message names them
 BACKGROUND = (255, 255, 255)  # transparent pixels are composited onto white
 STRIP_PIXELS = 1 << 20  # pixels converted at a time: bounds the temporaries of large images
 
@@ -54,10 +59,10 @@ def _decoded(
     The size checks run on the header, before any pixel is decoded."""
     if isinstance(source, bytes):
         if not source:
-            raise ImageError("the file is empty; send a PNG, JPEG, GIF, BMP, WebP or TIFF image")
+            raise ImageError(f"the file is empty; send a {FORMAT_NAMES} image")
         source = io.BytesIO(source)
     try:
-        with Image.open(source) as image:
+        with Image.open(source, formats=FORMATS) as image:
             width, height = image.size
             if width * height > max_pixels:
                 raise ImageError(
@@ -78,7 +83,8 @@ def _decoded(
         raise
     except UnidentifiedImageError:
         raise ImageError(
-            "not a readable image; send a PNG, JPEG, GIF, BMP, WebP or TIFF image"
+            f"not a readable image in an accepted format; send a {FORMAT_NAMES} image (convert "
+            "other formats to one of these)"
         ) from None
     except Image.DecompressionBombError as exc:  # PIL's own limit, met before the size is known
         pixels = re.search(r"\d+", str(exc))
@@ -96,7 +102,7 @@ def header(source: bytes | IO[bytes]) -> tuple[str, tuple[int, int]] | None:
     """An image's mode and size from its header (no pixel decoded), None if unreadable."""
     stream = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
-        with Image.open(stream) as image:
+        with Image.open(stream, formats=FORMATS) as image:
             return image.mode, image.size
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         return None
