@@ -79,17 +79,19 @@ def draw_curves(title: str, plot: dict, path: Path) -> None:
     for row in rows:
         key = (row["rev"], row["filename::field"].split("::")[-1])
         series.setdefault(key, []).append((float(row["step"]), float(row["dvc_inferred_y_value"])))
-    fields = sorted({field for _, field in series})
-    figure, axes = plt.subplots(figsize=(5.5, 3.5), dpi=100)
-    for (rev, field), points in sorted(series.items()):
-        steps, values = zip(*sorted(points), strict=True)
-        style = "-" if fields.index(field) == 0 else "--"
-        axes.plot(steps, values, style, color=colour.get(rev), label=f"{rev}: {field}")
-    axes.set(title=title, xlabel="epoch (step)")
-    axes.legend(fontsize="small")
-    figure.tight_layout()
-    figure.savefig(path, format="png", metadata={"Software": None})
-    plt.close(figure)
+    # revision and series names are drawn as written, never parsed as math text
+    with plt.rc_context({"text.parse_math": False}):
+        fields = sorted({field for _, field in series})
+        figure, axes = plt.subplots(figsize=(5.5, 3.5), dpi=100)
+        for (rev, field), points in sorted(series.items()):
+            steps, values = zip(*sorted(points), strict=True)
+            style = "-" if fields.index(field) == 0 else "--"
+            axes.plot(steps, values, style, color=colour.get(rev), label=f"{rev}: {field}")
+        axes.set(title=title, xlabel="epoch (step)")
+        axes.legend(fontsize="small")
+        figure.tight_layout()
+        figure.savefig(path, format="png", metadata={"Software": None})
+        plt.close(figure)
 
 
 def _image(path: str, out: Path) -> str:

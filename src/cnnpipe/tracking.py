@@ -22,6 +22,7 @@ from cnnpipe.core.errors import CnnpipeError
 from cnnpipe.core.params import read_yaml
 from cnnpipe.core.processes import process_id, still_running, uninterrupted
 from cnnpipe.core.project import git_revision, project_root
+from cnnpipe.core.redact import without_credentials
 
 EXPERIMENT = "cnnpipe"
 MODEL_HASH_TAG = "cnnpipe.model_sha256"
@@ -32,6 +33,11 @@ PROCESS_TAG = "cnnpipe.process"  # the owner, as cnnpipe.core.processes.process_
 
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
+
+
+def shown_uri() -> str:
+    """The tracking URI as messages print it: without the credentials it may hold."""
+    return without_credentials(tracking_uri())
 
 
 def flatten(sections: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -94,8 +100,8 @@ class Run:
         except Exception as exc:  # tracking is best-effort by design
             self.failed = True
             print(
-                f"warning: MLflow tracking at {tracking_uri()} failed while {what} ({exc}); "
-                "training goes on without tracking",
+                f"warning: MLflow tracking at {shown_uri()} failed while {what} "
+                f"({without_credentials(str(exc))}); training goes on without tracking",
                 file=sys.stderr,
             )
             return None
@@ -301,7 +307,7 @@ def promote(model_hash: str, alias: str = CHAMPION, name: str = REGISTERED_MODEL
     version = registered_version(client, model_hash, name)
     if version is None:
         raise CnnpipeError(
-            f"no version of {name!r} in the model registry at {tracking_uri()} has model "
+            f"no version of {name!r} in the model registry at {shown_uri()} has model "
             f"{model_hash[:12]}; run the package stage (dvc repro) against this store first"
         )
     client.set_registered_model_alias(name, alias, version)

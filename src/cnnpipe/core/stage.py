@@ -13,6 +13,7 @@ from pathlib import Path
 
 from cnnpipe.core import processes
 from cnnpipe.core.errors import CnnpipeError
+from cnnpipe.core.redact import printable
 
 
 def run(main: Callable[..., None]) -> None:
@@ -29,7 +30,7 @@ def run(main: Callable[..., None]) -> None:
     try:
         main(**paths)
     except CnnpipeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(str(exc))}", file=sys.stderr)
         raise SystemExit(2) from None
     except processes.Terminated as exc:
         print(f"error: {Path(sys.argv[0]).stem} {exc}", file=sys.stderr, flush=True)
@@ -42,5 +43,6 @@ def run(main: Callable[..., None]) -> None:
 
 
 def progress(message: str) -> None:
-    """One line of progress, flushed at once so DVC shows it as it happens."""
-    print(message, flush=True)
+    """One line of progress, flushed at once so DVC shows it as it happens. It may name files
+    and classes of the user's folder: whatever they hold, it stays one line."""
+    print(printable(message), flush=True)

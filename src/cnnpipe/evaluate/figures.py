@@ -19,8 +19,12 @@ from cnnpipe.model import calibration, explain  # noqa: E402
 from cnnpipe.model.card import ModelCard  # noqa: E402
 
 PNG_METADATA = {"Software": None}  # no version string in the PNGs: same results, same bytes
+# Class names are folder names: drawn as written, never parsed as math text (a class named
+# `$\foo$` would otherwise stop the stage with a parse error, `$x^2$` be typeset).
+PLAIN_TEXT = plt.rc_context({"text.parse_math": False})
 
 
+@PLAIN_TEXT
 def confusion_figure(result: Evaluation, classes: list[str], path: Path) -> None:
     """The confusion matrix as a PNG heat map with class names."""
     size = max(5.0, 0.6 * len(classes) + 2)
@@ -41,6 +45,7 @@ def confusion_figure(result: Evaluation, classes: list[str], path: Path) -> None
     plt.close(fig)
 
 
+@PLAIN_TEXT
 def misclassified_figure(
     result: Evaluation, split: Split, classes: list[str], path: Path, limit: int
 ) -> int:
@@ -125,6 +130,7 @@ def explained_indices(result: Evaluation, count: int) -> np.ndarray:
     return np.concatenate([wrong, turns[: count - len(wrong)]]).astype(int)
 
 
+@PLAIN_TEXT
 def gradcam_figure(
     model: torch.nn.Module,
     card: ModelCard,
