@@ -77,6 +77,10 @@ def test_the_bento_bundles_the_workspace_model_and_serves_from_an_empty_store(
         metadata = httpx.get(f"{url}/metadata").json()
         with open(image, "rb") as f:
             reply = httpx.post(f"{url}/predict", files={"file": f}, timeout=30)
+        # the pages' files are in the bento (bentofile.yaml includes them)
+        pages = [httpx.get(f"{url}{path}") for path in ("/", "/page/page.js", "/docs")]
+    assert [page.status_code for page in pages] == [200] * 3
+    assert "cnnpipe image classifier" in pages[0].text
     assert metadata["model"] == f"cnnpipe:{version}"
     assert metadata["runtime"] == "onnx" and metadata["onnx_max_difference"] <= 1e-5
     assert metadata["sha256"] == checkpoint.file_hash(model_file)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import select
 import shutil
 import socket
 import subprocess
@@ -29,9 +30,11 @@ from cnnpipe.serve.contract import EXPLAINED_HEADER
 pytestmark = pytest.mark.e2e
 
 HEADER_TIMEOUT_S = 1.0
+BODY_TIMEOUT_S = 2.0
 SERVER_ENV = {
     "CNNPIPE_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
     "CNNPIPE_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
+    "CNNPIPE_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
     "CNNPIPE_MAX_IMAGES": "8",
 }
 
@@ -275,6 +278,69 @@ def test_slow_request_headers_are_timed_out(server):
     assert httpx.get(f"{server.url}/readyz").status_code == 200
 
 
+UPLOAD_START = (
+    b'--x\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\n'
+    b"Content-Type: image/png\r\n\r\n"
+)
+
+
+def chunked_upload(url: str, content_length: str | None, pause: float = 0.0) -> tuple[bytes, int]:
+    """A multipart upload whose file never ends, sent in 64 KiB chunks (one byte each, `pause`
+    apart, if pausing) from a raw socket until the server answers; (its status line, the body
+    bytes sent by then, the server's kernel buffers included)."""
+    host, port = url.removeprefix("http://").split(":")
+    head = "POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+    head += "Content-Type: multipart/form-data; boundary=x\r\n"
+    if content_length is not None:
+        head += f"Content-Length: {content_length}\r\n"
+    data = b"\0" if pause else b"\0" * 2**16
+    chunk = f"{len(data):x}\r\n".encode() + data + b"\r\n"
+    sent = 0
+    with socket.create_connection((host, int(port)), timeout=30) as client:
+        client.sendall(f"{head}\r\n".encode() + b"%x\r\n%s\r\n" % (len(UPLOAD_START), UPLOAD_START))
+        while not select.select([client], [], [], pause)[0] and sent < 2**30:
+            try:
+                client.sendall(chunk)
+            except OSError:  # closed: what it sent is waiting to be read
+                break
+            sent += len(data)
+        return client.recv(4096).split(b"\r\n", 1)[0], sent
+
+
+def test_bodies_are_limited_by_the_bytes_they_deliver_whatever_their_headers_say(server):
+    """h11 frames a request with both Content-Length and Transfer-Encoding by its chunks:
+    refused at once (Content-Length: 1 used to let gigabytes through). A chunked body is cut at
+    the limit, a slow one at its deadline; each refusal is one line, and the server goes on."""
+    status, sent = chunked_upload(server.url, "1")
+    assert status == b"HTTP/1.1 400 Bad Request" and sent < 25 * 2**20, sent
+    status, sent = chunked_upload(server.url, None)
+    assert status == b"HTTP/1.1 413 Request Entity Too Large" and sent < 25 * 2**20, sent
+    began = time.monotonic()
+    status, sent = chunked_upload(server.url, None, pause=0.05)
+    assert status == b"HTTP/1.1 408 Request Timeout" and sent < 200
+    assert BODY_TIMEOUT_S - 0.2 < time.monotonic() - began < BODY_TIMEOUT_S + 5
+    log = server.log.read_text()
+    assert "400 POST /predict from 127.0.0.1: Content-Length and Transfer-Encoding" in log
+    assert f"413 POST /predict from 127.0.0.1: body over {MAX_UPLOAD} bytes" in log
+    assert "408 POST /predict from 127.0.0.1: body incomplete after" in log
+    assert "Traceback" not in log
+    assert httpx.get(f"{server.url}/readyz").status_code == 200
+
+
+def test_malformed_top_k_values_get_400_and_no_traceback(server, stored):
+    path, _ = one_per_class(stored)[0]
+    for value in ["²", "9" * 5000, "-1", "1e3"]:
+        reply = httpx.post(
+            f"{server.url}/predict", files={"file": path.open("rb")}, data={"top_k": value}
+        )
+        assert reply.status_code == 400 and reply.json()["detail"][0]["loc"] == ["top_k"]
+        query = httpx.post(
+            f"{server.url}/predict", params={"top_k": value}, files={"file": path.open("rb")}
+        )
+        assert query.status_code == 400, value[:8]
+    assert "Traceback" not in server.log.read_text()
+
+
 def test_16_bit_bombs_stay_within_the_memory_budget(server, stored):
     """8 concurrent 60 KB PNGs of 5000x5000 16-bit pixels: each worker grows by at most 300 MB
     and comes back to within 50 MB."""
@@ -334,7 +400,7 @@ def test_decoding_stops_when_the_client_leaves(server):
     with pytest.raises(httpx.TimeoutException):
         httpx.post(f"{server.url}/predict_batch", files=files, timeout=0.5)
     deadline = time.monotonic() + 20
-    while "the client left" not in server.log.read_text():
+    while "ended before its images were decoded" not in server.log.read_text():
         assert time.monotonic() < deadline, server.log.read_text()[-3000:]
         time.sleep(0.1)
     workers = psutil.Process(server.process.pid).children(recursive=True)

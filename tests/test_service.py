@@ -10,7 +10,9 @@ when it is imported: the `service` fixture imports it afresh with this module's 
 from __future__ import annotations
 
 import io
+import json
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -32,6 +34,7 @@ from starlette.testclient import TestClient
 
 from cnnpipe.core import preprocess
 from cnnpipe.core.errors import CnnpipeError
+from cnnpipe.core.preprocess import FORMAT_NAMES
 from cnnpipe.model.inference import probabilities
 from cnnpipe.serve import runtime
 from cnnpipe.serve.contract import EXPLAINED_HEADER
@@ -221,13 +224,15 @@ def test_the_openapi_document_states_every_response_and_bound(client):
     schemas = spec["components"]["schemas"]
     for route, many in (("/predict", False), ("/predict_batch", True)):
         operation = spec["paths"][route]["post"]
-        assert set(operation["responses"]) == {"200", "400", "413", "429", "503", "504"}
+        assert set(operation["responses"]) == {"200", "400", "408", "413", "429", "503", "504"}
         bad = operation["responses"]["400"]["content"]["application/json"]["schema"]
         detail = schemas[bad["$ref"].rsplit("/", 1)[1]]["properties"]["detail"]
         assert detail["type"] == "array"  # what is sent: a list of {loc, msg}
         content = operation["requestBody"]["content"]
         form = content["multipart/form-data"]["schema"]["properties"]
-        assert form["top_k"]["anyOf"][0]["minimum"] == 1
+        assert form["top_k"] == operation["parameters"][0]["schema"]  # the same in both
+        assert form["top_k"]["anyOf"][0]["pattern"] == "^(?:[1-9][0-9]{0,3})?$"
+        assert "security" not in operation  # no key set
         if many:
             assert (form["files"]["minItems"], form["files"]["maxItems"]) == (1, 5)
         else:
@@ -237,25 +242,44 @@ def test_the_openapi_document_states_every_response_and_bound(client):
     assert prediction["label"]["nullable"] and prediction["reason"]["nullable"]
     assert "threshold" in prediction["label"]["description"]
     explain = spec["paths"]["/explain"]["post"]
-    assert set(explain["responses"]) == {"200", "400", "413", "429", "504"}
+    assert set(explain["responses"]) == {"200", "400", "408", "413", "429", "504"}
     assert "image/png" in explain["responses"]["200"]["content"]
     assert EXPLAINED_HEADER in explain["responses"]["200"]["headers"]
     form = explain["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert set(form["properties"]) == {"file"} and "image/*" in explain["requestBody"]["content"]
 
+    assert spec["info"]["title"] == "cnnpipe image classifier"
+    assert "http" not in json.dumps(spec["info"])  # no badges from other sites (BentoML's)
 
-def test_the_pages_are_the_packages_own_with_a_content_security_policy(client):
-    page = client.get("/")
-    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    assert "<title>cnnpipe</title>" in page.text and 'href="/docs"' in page.text
-    assert page.headers["content-security-policy"].startswith("default-src 'self'")
-    assert "http" not in page.text.replace('href="/', "")  # no address of another server
-    script = client.get("/page/page.js")
-    assert script.status_code == 200 and "/predict" in script.text and "/explain" in script.text
-    docs = client.get("/docs")
-    assert "swagger-ui" in docs.text and "googletagmanager" not in docs.text
-    assert docs.headers["content-security-policy"].startswith("default-src 'self'")
-    assert client.get("/static_content/swagger-ui-bundle.js").status_code == 200
+
+def test_the_pages_load_nothing_from_another_origin_and_carry_a_csp(client):
+    """`/` is the service's own page, `/docs` Swagger UI: HTML, scripts and styles of this origin
+    only (BentoML's page at / loads Google Tag Manager), a Content-Security-Policy that allows
+    nothing else, and nosniff on every answer."""
+    loaded = set()
+    for path in ("/", "/docs"):
+        reply = client.get(path)
+        assert reply.status_code == 200 and reply.headers["content-type"].startswith("text/html")
+        policy = reply.headers["content-security-policy"]
+        assert policy.startswith("default-src 'self'") and "object-src 'none'" in policy
+        assert "http" not in policy and "*" not in policy
+        assert reply.headers["x-content-type-options"] == "nosniff"
+        assert "googletagmanager" not in reply.text
+        urls = re.findall(r'(?:src|href)="([^"]*)"', reply.text)
+        assert urls and all(u.startswith("/") and not u.startswith("//") for u in urls), urls
+        loaded |= set(urls)
+    assert "<title>cnnpipe</title>" in client.get("/").text and "/docs" in loaded
+    assert "/static_content/swagger-ui-bundle.js" in loaded
+    for url in loaded:
+        reply = client.get(url)
+        assert reply.status_code == 200, url
+        assert reply.headers["x-content-type-options"] == "nosniff"
+    script = client.get("/page/page.js").text
+    assert "/predict" in script and "/explain" in script
+    assert "innerHTML" not in script  # class names set as text, never as markup
+    assert "validatorUrl: null" in client.get("/page/docs.js").text
+    assert client.get("/metadata").headers["x-content-type-options"] == "nosniff"
+    assert "content-security-policy" not in client.get("/metadata").headers  # JSON, not a page
     assert client.post("/").status_code == 405
 
 
@@ -265,6 +289,11 @@ def bomb() -> bytes:
 
 BAD = {
     "non-image bytes": (dict(data=b"hello, not an image"), "not a readable image"),
+    # formats Pillow decodes but the contract does not list
+    **{
+        f"a {fmt} image": (dict(data=encode(Image.new("RGB", (16, 16)), fmt)), FORMAT_NAMES)
+        for fmt in ("PPM", "TGA", "PCX")
+    },
     "text typed as text": (dict(data=b"x", ctype="text/plain"), "not a readable image"),
     "empty file": (dict(data=b""), "empty"),
     "truncated PNG": (dict(data=truncated("PNG")), "truncated"),
@@ -304,8 +333,6 @@ def test_missing_text_unknown_and_bad_fields_get_400(client):
     missing = client.post("/predict", files={"image": ("x.png", b"x", "image/png")})
     assert "no image" in error(missing) and "unknown field" in error(missing)
     assert "not a readable image" in error(client.post("/predict", files={"file": (None, "hi")}))
-    assert "at least 1" in error(post(client, b"x", top_k="0"))
-    assert "at least 1" in error(client.post("/predict?top_k=x", files={"file": ("x", b"x")}))
     assert "multipart" in error(client.post("/predict", json={"file": "x"}))
     assert "multipart" in error(
         client.post("/predict_batch", content=b"x", headers={"content-type": "image/png"})
@@ -316,6 +343,36 @@ def test_missing_text_unknown_and_bad_fields_get_400(client):
     assert "at most 5 files" in error(six)
 
 
+# not ASCII digits, not a whole number, not in range, too long, padded, a leading zero
+BAD_TOP_K = ["²", "٣", "9" * 5000, "-1", "1e3", "0", "10000", " 3", "3 ", "03", "3.0", "+3"]
+
+
+@pytest.mark.parametrize("value", BAD_TOP_K, ids=lambda v: repr(v[:8]))
+def test_a_malformed_top_k_gets_400_with_its_fix(client, stored, value):
+    path, _ = one_per_class(stored)[0]
+    image = {"file": ("x.png", path.read_bytes(), "image/png")}
+    for reply in [
+        client.post("/predict", files=image, data={"top_k": value}),
+        client.post("/predict", files=image, params={"top_k": value}),
+        client.post("/predict_batch", files={"files": image["file"]}, data={"top_k": value}),
+    ]:
+        assert reply.status_code == 400, (value[:8], reply.text[:200])
+        (detail,) = reply.json()["detail"]
+        assert detail["loc"] == ["top_k"] and "from 1 to 9999" in detail["msg"], detail
+        assert len(detail["msg"]) < 200  # the 5,000 digits are not echoed back
+
+
+def test_top_k_given_twice_gets_400(client, stored):
+    path, _ = one_per_class(stored)[0]
+    image = {"file": ("x.png", path.read_bytes(), "image/png")}
+    twice = client.post("/predict?top_k=1&top_k=2", files=image)
+    assert twice.status_code == 400 and "more than once" in twice.text
+    blank = client.post("/predict?top_k=", files=image)  # blank: every class, as in a form
+    assert len(blank.json()["probabilities"]) == len(stored["info"].classes)
+    many = client.post("/predict?top_k=9999", files=image)  # more than the classes: all
+    assert len(many.json()["probabilities"]) == len(stored["info"].classes)
+
+
 def test_client_errors_are_logged_as_one_warning_line(client, caplog):
     with caplog.at_level(logging.INFO):
         assert post(client, b"not an image").status_code == 400
@@ -323,6 +380,16 @@ def test_client_errors_are_logged_as_one_warning_line(client, caplog):
     (line,) = [r for r in caplog.records if r.name == "cnnpipe.serve"]
     assert not errors and line.levelno == logging.WARNING and line.exc_info is None
     assert "400 POST /predict" in line.getMessage() and "not a readable image" in line.getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.INFO):  # a field name cannot forge a log line
+        body = (
+            b'--b\r\nContent-Disposition: form-data; name="x\nERROR forged"\r\n\r\nv\r\n--b--\r\n'
+        )
+        headers = {"content-type": "multipart/form-data; boundary=b"}
+        forged = client.post("/predict", content=body, headers=headers)
+    assert forged.status_code == 400
+    (line,) = [r for r in caplog.records if r.name == "cnnpipe.serve"]
+    assert "\n" not in line.getMessage() and "x\\nERROR forged" in line.getMessage()
 
 
 def test_a_body_over_the_limit_gets_413(client):

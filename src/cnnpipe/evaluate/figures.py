@@ -3,6 +3,8 @@ reliability diagram before and after temperature scaling, and Grad-CAM heat maps
 
 from __future__ import annotations
 
+import functools
+import typing as t
 from pathlib import Path
 
 import matplotlib
@@ -19,12 +21,23 @@ from cnnpipe.model import calibration, explain  # noqa: E402
 from cnnpipe.model.card import ModelCard  # noqa: E402
 
 PNG_METADATA = {"Software": None}  # no version string in the PNGs: same results, same bytes
-# Class names are folder names: drawn as written, never parsed as math text (a class named
-# `$\foo$` would otherwise stop the stage with a parse error, `$x^2$` be typeset).
-PLAIN_TEXT = plt.rc_context({"text.parse_math": False})
+P = t.ParamSpec("P")
+R = t.TypeVar("R")
 
 
-@PLAIN_TEXT
+def plain_text(draw: t.Callable[P, R]) -> t.Callable[P, R]:
+    """Class names are folder names: drawn as written, never parsed as math text (a class named
+    `$\\foo$` would otherwise stop the stage with a parse error, `$x^2$` be typeset)."""
+
+    @functools.wraps(draw)
+    def drawn(*args: P.args, **kwargs: P.kwargs) -> R:
+        with plt.rc_context({"text.parse_math": False}):
+            return draw(*args, **kwargs)
+
+    return drawn
+
+
+@plain_text
 def confusion_figure(result: Evaluation, classes: list[str], path: Path) -> None:
     """The confusion matrix as a PNG heat map with class names."""
     size = max(5.0, 0.6 * len(classes) + 2)
@@ -45,7 +58,7 @@ def confusion_figure(result: Evaluation, classes: list[str], path: Path) -> None
     plt.close(fig)
 
 
-@PLAIN_TEXT
+@plain_text
 def misclassified_figure(
     result: Evaluation, split: Split, classes: list[str], path: Path, limit: int
 ) -> int:
@@ -130,7 +143,7 @@ def explained_indices(result: Evaluation, count: int) -> np.ndarray:
     return np.concatenate([wrong, turns[: count - len(wrong)]]).astype(int)
 
 
-@PLAIN_TEXT
+@plain_text
 def gradcam_figure(
     model: torch.nn.Module,
     card: ModelCard,

@@ -4,14 +4,16 @@ model's threshold), and the OpenAPI document (/docs.json, the Swagger UI at /doc
 it.
 
 BentoML documents every API with generic error schemas (a 400 whose `detail` is a string, 404,
-500) and a request body of one media type. The document served here is BentoML's with those
-operations replaced by what the service really does: every response it sends (200, 400, 413,
-429, 503, 504) with its body, bounds on every field, and both ways to send an image.
+500) and a request body of one media type, and describes itself with badges from other sites.
+The document served here is BentoML's with those operations replaced by what the service really
+does: every response it sends (200, 400, 401 with a key, 408, 413, 429, 503, 504) with its body,
+bounds on every field, both ways to send an image, and the bearer key when one is required.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import typing as t
 from urllib.parse import quote
 
@@ -19,13 +21,22 @@ import numpy as np
 from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse
 
+from cnnpipe.core.preprocess import FORMAT_NAMES
 from cnnpipe.model.card import ModelCard
+from cnnpipe.serve.access import open_paths
 from cnnpipe.serve.settings import Settings
 
 if t.TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-IMAGE_DOC = "the image: PNG, JPEG, GIF, BMP, WebP or TIFF, typed or not"
+IMAGE_DOC = f"the image: {FORMAT_NAMES}, typed or not"
+DESCRIPTION = (
+    "An image classifier trained and packaged by cnnpipe. `POST /predict` classifies one image "
+    "(multipart field `file`, or the image as the whole body), `POST /predict_batch` several "
+    "(repeated field `files`), `POST /explain` draws where the model looked (Grad-CAM); "
+    "`GET /metadata` describes the model. A page to try it: `/`."
+)
+BEARER = "bearer"  # the security scheme's name in the document
 
 
 class Prediction(BaseModel):
@@ -93,10 +104,20 @@ class ErrorBody(BaseModel):
 
 
 REF = "#/components/schemas/{model}"
-TOP_K = {"type": "integer", "minimum": 1, "description": "return only the k most probable classes"}
+MAX_TOP_K = 9999
+# top_k as it travels, in a form part or a query string: text, there once or not at all. The
+# document states exactly that, as the parser (cnnpipe.serve.uploads.top_k) reads it: the
+# pattern it matches, not an integer (on the wire the integer 3 and the string "3" are the same
+# bytes), given as one value or a list of at most one (a list of one is the same one part or
+# parameter; an empty list, none). Blank (a browser's empty field): every class.
+TOP_K_PATTERN = re.compile(r"(?:[1-9][0-9]{0,3})?", re.ASCII)
+_TOP_K_VALUE = {"type": "string", "pattern": f"^{TOP_K_PATTERN.pattern}$", "maxLength": 4}
+TOP_K = {
+    "anyOf": [_TOP_K_VALUE, {"type": "array", "items": _TOP_K_VALUE, "maxItems": 1}],
+    "description": f"return only the k most probable classes: 1 to {MAX_TOP_K} in ASCII digits "
+    "(more than the model has: all of them); blank: every class",
+}
 BINARY = {"type": "string", "format": "binary"}
-# a browser sends a blank field as an empty string: all classes
-FORM_TOP_K = {"anyOf": [TOP_K, {"type": "string", "maxLength": 0}]}
 
 
 def _openapi30(schema: t.Any) -> t.Any:
@@ -142,7 +163,7 @@ def _form(many: bool, max_images: int, top_k: bool = True) -> dict:
         }
     else:
         field, images = "file", {**BINARY, "description": IMAGE_DOC}
-    properties = {field: images, "top_k": FORM_TOP_K} if top_k else {field: images}
+    properties = {field: images, "top_k": TOP_K} if top_k else {field: images}
     return {
         "type": "object",
         "properties": properties,
@@ -191,6 +212,7 @@ def _operation(settings: Settings, many: bool, original: dict, components: dict)
                 "one result per image, in order" if many else "the result",
             ),
             "400": _json(_schema(BadRequestBody, components), "each problem, with its fix"),
+            "408": _json(error, f"the body not received within {settings.body_timeout_s:g} s"),
             "413": _json(error, f"a body over {settings.max_upload_bytes} bytes"),
             "429": _json(error, "too many requests or uploads in flight; retry"),
             "503": _json(error, "the model's queue is over CNNPIPE_MAX_LATENCY_MS; retry"),
@@ -218,6 +240,7 @@ def _explain_operation(settings: Settings, original: dict, components: dict) -> 
                 "content": png,
             },
             "400": _json(_schema(BadRequestBody, components), "each problem, with its fix"),
+            "408": _json(error, f"the body not received within {settings.body_timeout_s:g} s"),
             "413": _json(error, f"a body over {settings.max_upload_bytes} bytes"),
             "429": _json(error, "too many requests or uploads in flight; retry"),
             "504": _json(error, f"not answered within {settings.timeout_s} s"),
@@ -225,8 +248,14 @@ def _explain_operation(settings: Settings, original: dict, components: dict) -> 
     }
 
 
-def document(base: dict, settings: Settings) -> dict:
-    """BentoML's OpenAPI document with the service's own operations."""
+def document(base: dict, settings: Settings, version: str) -> dict:
+    """BentoML's OpenAPI document with the service's own description (of the model `version`)
+    and operations, and the bearer key on the operations that need one (if one is set)."""
+    base["info"] = {
+        "title": "cnnpipe image classifier",
+        "version": version,
+        "description": DESCRIPTION,
+    }
     paths = base.setdefault("paths", {})
     components = base.setdefault("components", {}).setdefault("schemas", {})
     for route, many in (("/predict", False), ("/predict_batch", True)):
@@ -242,15 +271,38 @@ def document(base: dict, settings: Settings) -> dict:
             "responses": {"200": _json(_schema(ServedModel, components), "the model card")},
         }
     }
+    if settings.api_key is not None or settings.api_key_file is not None:
+        _require_the_key(base, open_paths(settings.metrics_public), _schema(ErrorBody, components))
     return base
+
+
+def _require_the_key(base: dict, open: frozenset[str], error: dict) -> None:
+    base["components"]["securitySchemes"] = {
+        BEARER: {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "the API key (CNNPIPE_API_KEY), as Authorization: Bearer <key>",
+        }
+    }
+    unauthorized = _json(error, "no API key, or not this service's")
+    for path, operations in base["paths"].items():
+        for operation in operations.values():
+            if path in open:
+                operation["security"] = []
+            else:
+                operation["security"] = [{BEARER: []}]
+                operation.setdefault("responses", {})["401"] = unauthorized
 
 
 class Docs:
     """ASGI middleware: serves /docs.json as `document` makes it from BentoML's."""
 
-    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+    def __init__(
+        self, app: ASGIApp, settings: Settings, served: t.Callable[[], ServedModel]
+    ) -> None:
         self.app = app
         self.settings = settings
+        self.served = served  # called at the first request: the model is loaded after the app
         self.cached: bytes | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -269,5 +321,6 @@ class Docs:
                     await send(message)
                 return
             body = b"".join(m.get("body", b"") for m in messages if m["type"] != start["type"])
-            self.cached = json.dumps(document(json.loads(body), self.settings)).encode()
+            spec = document(json.loads(body), self.settings, str(self.served().model))
+            self.cached = json.dumps(spec).encode()
         await JSONResponse(json.loads(self.cached))(scope, receive, send)

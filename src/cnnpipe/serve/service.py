@@ -3,9 +3,10 @@
 started with `bentoml serve` (bentofile.yaml names `Classifier`).
 
 Each module of cnnpipe.serve does one job: settings (CNNPIPE_* variables), uploads (requests to
-decoded images, or a 400), limits (413 and 429), runtime (onnxruntime or torch), contract (the
-response models, the answer with its "unknown", and the OpenAPI document), page (the static
-pages), header_timeout (slow clients), bentoml_io (what is used of BentoML's private API). This
+decoded images, or a 400), limits (413, 429, 408 on the bytes a body delivers), access (the
+optional API key), runtime (onnxruntime or torch), contract (the response models, the answer
+with its "unknown", and the OpenAPI document), page (the static pages, the headers of every
+answer), header_timeout (slow clients), bentoml_io (what is used of BentoML's private API). This
 module puts them together. /predict and /predict_batch are batchable BentoML APIs: concurrent
 requests are grouped into one forward pass. /explain needs gradients, which the ONNX runtime has
 not: a worker loads the torch model on its first /explain.
@@ -30,8 +31,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from cnnpipe.core.dataset import InputSpec
 from cnnpipe.serve import decoding, header_timeout, runtime
+from cnnpipe.serve.access import BearerKey
 from cnnpipe.serve.bentoml_io import (
     ExplainInput,
     HeatMap,
@@ -43,11 +44,12 @@ from cnnpipe.serve.contract import Docs, Prediction, ServedModel, answer
 from cnnpipe.serve.decoding import Image
 from cnnpipe.serve.limits import Rebalance, RequestLimits
 from cnnpipe.serve.packaging import MODEL_ARCHIVE, NAME
-from cnnpipe.serve.page import Pages
-from cnnpipe.serve.settings import settings_from_env
+from cnnpipe.serve.page import Pages, SecurityHeaders
+from cnnpipe.serve.settings import api_key, settings_from_env
 from cnnpipe.serve.uploads import Uploads
 
 SETTINGS = settings_from_env()
+API_KEY = api_key(SETTINGS)
 GC_THRESHOLD = 50_000  # allocations between young-generation collections (Python's: 700)
 
 
@@ -73,11 +75,6 @@ class StoredModel(bentoml.models.BentoModel):
         return super().resolve(base_path)
 
 
-async def _metadata(_: Request) -> JSONResponse:
-    service = bentoml.get_current_service()
-    return JSONResponse(service.metadata.model_dump())
-
-
 def _collect_less_garbage() -> None:
     """Every request allocates thousands of objects (BentoML's spans, pydantic models), so
     Python's cyclic garbage collector ran ~12% of a worker's time under load, mostly scanning
@@ -87,8 +84,13 @@ def _collect_less_garbage() -> None:
     gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
 
 
-def _served_spec() -> InputSpec:
-    """What the served model takes (known once the worker has loaded it)."""
+async def _metadata(_: Request) -> JSONResponse:
+    service = bentoml.get_current_service()
+    return JSONResponse(service.metadata.model_dump())
+
+
+def _served() -> ServedModel:
+    """The served model's card (known once the worker has loaded it)."""
     return bentoml.get_current_service().metadata
 
 
@@ -177,12 +179,19 @@ class Classifier:
 
 # The decorators made Classifier a bentoml.Service; mypy keeps a class decorator's input type.
 _service = t.cast("bentoml.Service[Classifier]", Classifier)
-# Outermost first: limits before anything reads the body; uploads decoded before BentoML.
+# Outermost first: the key and the limits before anything reads the body; uploads decoded before
+# BentoML.
+_service.add_asgi_middleware(SecurityHeaders)
 if SETTINGS.worker_count > 1:
     _service.add_asgi_middleware(Rebalance, every=SETTINGS.keepalive_requests)
+if API_KEY is not None:
+    _service.add_asgi_middleware(BearerKey, key=API_KEY, metrics_public=SETTINGS.metrics_public)
 _service.add_asgi_middleware(
-    RequestLimits, max_bytes=SETTINGS.max_upload_bytes, max_in_flight=SETTINGS.max_uploads_bytes
+    RequestLimits,
+    max_bytes=SETTINGS.max_upload_bytes,
+    max_in_flight=SETTINGS.max_uploads_bytes,
+    timeout_s=SETTINGS.body_timeout_s,
 )
-_service.add_asgi_middleware(Docs, settings=SETTINGS)
+_service.add_asgi_middleware(Docs, settings=SETTINGS, served=_served)
 _service.add_asgi_middleware(Pages)
-_service.add_asgi_middleware(Uploads, spec=_served_spec, settings=SETTINGS)
+_service.add_asgi_middleware(Uploads, spec=_served, settings=SETTINGS)

@@ -15,7 +15,7 @@ import os
 import typing as t
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from cnnpipe.core.errors import CnnpipeError
 from cnnpipe.serve.packaging import NAME, TAGS_FILE
@@ -52,6 +52,8 @@ class Settings(BaseModel):
     # workers (0: never closed)
     keepalive_requests: int = Field(default=16, ge=0)
     header_timeout_s: float = Field(default=10.0, gt=0)  # a request's headers must arrive in this
+    # and its body in this, from the end of its headers (20 MiB at 1 MB/s takes 21 s)
+    body_timeout_s: float = Field(default=30.0, gt=0)
     max_pixels: int = Field(default=25_000_000, ge=1)  # width * height; larger images get 400
     # decoded size (width * height * bytes per pixel); larger images get 400
     max_image_bytes: int = Field(default=100 * MiB, ge=1)
@@ -60,6 +62,18 @@ class Settings(BaseModel):
     # one INFO line per request (BentoML's access log): off, it costs about 15% of the requests/s
     # of a small model; 4xx answers are logged as one WARNING line either way
     access_log: bool = False
+    # when set, every endpoint but the health checks (and the pages and the OpenAPI document)
+    # requires `Authorization: Bearer <key>`; _FILE: the key is the file's content (a mounted
+    # secret), which keeps it out of the process's environment
+    api_key: SecretStr | None = Field(default=None, min_length=1)
+    api_key_file: Path | None = None
+    metrics_public: bool = False  # with a key: /metrics open too (a scraper without the key)
+
+    @model_validator(mode="after")
+    def _one_key(self) -> Settings:
+        if self.api_key is not None and self.api_key_file is not None:
+            raise ValueError("CNNPIPE_API_KEY and CNNPIPE_API_KEY_FILE are both set; set one")
+        return self
 
     @property
     def worker_count(self) -> int:
@@ -92,8 +106,34 @@ def settings_from_env(environ: t.Mapping[str, str] = os.environ) -> Settings:
     try:
         return Settings.model_validate(values)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{ENV_PREFIX}{str(e['loc'][0]).upper()}={e.get('input')!r}: {e['msg'].lower()}"
-            for e in exc.errors()
-        )
+        problems = "; ".join(_problem(e) for e in exc.errors())
         raise CnnpipeError(f"serving settings: {problems}; fix or unset the variable") from None
+
+
+def _problem(error: t.Any) -> str:
+    if not error["loc"]:  # a check of several settings: its message names them
+        return error["msg"].removeprefix("Value error, ")
+    name = str(error["loc"][0])
+    shown = "(hidden)" if name == "api_key" else repr(error.get("input"))
+    return f"{ENV_PREFIX}{name.upper()}={shown}: {error['msg'].lower()}"
+
+
+def api_key(settings: Settings) -> bytes | None:
+    """The key requests must bear, if one is set: CNNPIPE_API_KEY, or the content of
+    CNNPIPE_API_KEY_FILE without its trailing newline."""
+    if settings.api_key is not None:
+        return settings.api_key.get_secret_value().encode()
+    if settings.api_key_file is None:
+        return None
+    try:
+        key = settings.api_key_file.read_bytes().rstrip(b"\r\n")
+    except OSError as exc:
+        raise CnnpipeError(
+            f"CNNPIPE_API_KEY_FILE={str(settings.api_key_file)!r} cannot be read "
+            f"({exc.strerror}); point it at the file holding the key"
+        ) from None
+    if not key.strip():
+        raise CnnpipeError(
+            f"CNNPIPE_API_KEY_FILE={str(settings.api_key_file)!r} is empty; write the key into it"
+        )
+    return key

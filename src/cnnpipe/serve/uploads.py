@@ -21,6 +21,8 @@ from starlette.responses import JSONResponse
 
 from cnnpipe.core.dataset import InputSpec
 from cnnpipe.core.errors import CnnpipeError
+from cnnpipe.core.redact import printable
+from cnnpipe.serve.contract import MAX_TOP_K, TOP_K_PATTERN
 from cnnpipe.serve.decoding import Decoder, Image, sources, until_disconnect
 from cnnpipe.serve.settings import Settings
 
@@ -61,13 +63,27 @@ class BadRequest(Exception):
         }
 
 
-def _top_k(value: str | None, problems: list) -> int | None:
-    if value is None:
+def top_k(values: list[str], problems: list) -> int | None:
+    """The top_k of a request from the values its form or query gave (None: every class). Only
+    what TOP_K_PATTERN matches is a top_k: ASCII digits, no leading zero, at most 4 (`²`, `٣`,
+    ` 3`, `1e3`, `-1` and a 5,000-digit number are not); blank is not given."""
+    if not values:
         return None
-    if isinstance(value, str) and value.strip().isdigit() and int(value) >= 1:
-        return int(value)
-    problems.append((("top_k",), "must be a whole number of at least 1, e.g. 3"))
-    return None
+    if len(values) > 1:
+        problems.append((("top_k",), "given more than once; send it once"))
+        return None
+    value = values[0]
+    if TOP_K_PATTERN.fullmatch(value) is None:
+        shown = repr(value[:20]) + ("..." if len(value) > 20 else "")
+        problems.append(
+            (
+                ("top_k",),
+                f"{shown} is not a whole number from 1 to {MAX_TOP_K}; send it in ASCII digits, "
+                "e.g. top_k=3, or leave it blank for every class",
+            )
+        )
+        return None
+    return int(value) if value else None
 
 
 async def _form_parts(request: Request, endpoint: Endpoint, max_images: int, problems: list):
@@ -92,11 +108,9 @@ async def _form_parts(request: Request, endpoint: Endpoint, max_images: int, pro
     only = f"{endpoint.field} and top_k" if endpoint.top_k else endpoint.field
     for name in sorted(set(form.keys()) - allowed):
         problems.append(((name,), f"unknown field; send only {only}"))
-    top_k = form.getlist("top_k")
-    if len(top_k) > 1:
-        problems.append((("top_k",), "given more than once; send it once"))
-    # a browser sends a blank field as "": not given
-    return form.getlist(endpoint.field), (top_k[0] if top_k and top_k[0] != "" else None)
+    # a part sent with a filename is a file, not a value: a top_k file is no top_k
+    values = [v if isinstance(v, str) else "(a file)" for v in form.getlist("top_k")]
+    return form.getlist(endpoint.field), values if endpoint.top_k else []
 
 
 async def read_parts(
@@ -106,14 +120,14 @@ async def read_parts(
     problems: list[tuple[tuple[str | int, ...], str]] = []
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     given = endpoint.top_k and request.scope.get("query_string")
-    query_top_k = request.query_params.get("top_k") if given else None
+    query = request.query_params.getlist("top_k") if given else []
     if media_type == "multipart/form-data":
-        parts, form_top_k = await _form_parts(request, endpoint, max_images, problems)
+        parts, form_values = await _form_parts(request, endpoint, max_images, problems)
         # each must be valid; the form field, if given, wins
-        form_k, query_k = _top_k(form_top_k, problems), _top_k(query_top_k, problems)
-        top_k = form_k if form_k is not None else query_k
+        form_k, query_k = top_k(form_values, problems), top_k(query, problems)
+        k = form_k if form_k is not None else query_k
     elif not endpoint.many and (media_type.startswith("image/") or media_type in RAW_TYPES):
-        parts, top_k = [await request.body()], _top_k(query_top_k, problems)
+        parts, k = [await request.body()], top_k(query, problems)
     else:
         raw = "" if endpoint.many else " or as the whole body, typed image/*"
         raise BadRequest(
@@ -142,7 +156,7 @@ async def read_parts(
         )
     if problems:
         raise BadRequest(problems)
-    return parts, top_k
+    return parts, k
 
 
 async def decode_parts(
@@ -210,14 +224,19 @@ class Uploads:
                 images = await until_disconnect(decoding, receive)
         except BadRequest as exc:
             client = scope["client"][0] if scope.get("client") else "?"
-            logger.warning("400 POST %s from %s: %s", endpoint.route, client, exc)
+            # the problems quote what the client sent (field names, values): kept to one line
+            logger.warning("400 POST %s from %s: %s", endpoint.route, client, printable(str(exc)))
             return await JSONResponse(exc.body(), status_code=400)(scope, receive, send)
         except ClientDisconnect:
             images = None
         finally:
             await request.close()  # the spooled upload files
         if images is None:  # the client is gone: nothing more to decode
-            logger.info("POST %s: the client left; its images were not all decoded", endpoint.route)
+            logger.info(
+                "POST %s: the connection ended before its images were decoded (the client left, "
+                "or its body was refused)",
+                endpoint.route,
+            )
             # answered all the same (nobody reads it): a request without an answer would be
             # held by BentoML's timeout until CNNPIPE_TIMEOUT_S, and so would a shutdown
             gone = {"error": "the client closed the connection"}

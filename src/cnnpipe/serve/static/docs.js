@@ -1,5 +1,6 @@
 "use strict";
-// Swagger UI on the service's OpenAPI document, from the files BentoML ships (no CDN).
+// Swagger UI on the service's OpenAPI document, from the files BentoML ships (no CDN). No online
+// validator: Swagger UI would send the document to validator.swagger.io and show its badge.
 window.addEventListener("load", () => {
   window.ui = SwaggerUIBundle({
     url: "/docs.json",
@@ -7,5 +8,6 @@ window.addEventListener("load", () => {
     deepLinking: true,
     presets: [SwaggerUIBundle.presets.apis, SwaggerUIStandalonePreset],
     layout: "StandaloneLayout",
+    validatorUrl: null,
   });
 });

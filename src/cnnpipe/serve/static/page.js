@@ -22,8 +22,26 @@ function metricText(name, value) {
   return /ece|nll/.test(name) ? value.toFixed(4) : percent(value);
 }
 
+// With CNNPIPE_API_KEY set, every model route answers 401 without the key: the page asks for it
+// once and keeps it for this tab only (sessionStorage), sent as Authorization: Bearer <key>.
+const KEY = "cnnpipe-api-key";
+
+function authorized(init = {}) {
+  const key = sessionStorage.getItem(KEY);
+  return key ? { ...init, headers: { Authorization: `Bearer ${key}` } } : init;
+}
+
+function askForTheKey() {
+  $("key").hidden = false;
+  $("api-key").focus();
+}
+
 async function loadCard() {
-  const reply = await fetch("/metadata");
+  const reply = await fetch("/metadata", authorized());
+  if (reply.status === 401) {
+    askForTheKey();
+    throw new Error(await errorText(reply));
+  }
   if (!reply.ok) throw new Error(`/metadata answered ${reply.status}`);
   const card = await reply.json();
   $("model").textContent = `${card.architecture}, ${card.classes.length} classes ` +
@@ -82,7 +100,7 @@ function showAnswer(answer) {
 function post(route, file) {
   const form = new FormData();
   form.append("file", file);
-  return fetch(route, { method: "POST", body: form });
+  return fetch(route, authorized({ method: "POST", body: form }));
 }
 
 async function classify(file) {
@@ -94,6 +112,7 @@ async function classify(file) {
   $("filename").textContent = file.name;
   const [prediction, explanation] = await Promise.all([post("/predict", file), post("/explain", file)]);
   if (!prediction.ok) {
+    if (prediction.status === 401) askForTheKey();
     $("result").hidden = true;
     problem(await errorText(prediction));
     document.body.dataset.state = "error";
@@ -131,6 +150,13 @@ function start() {
     if (event.dataTransfer.files.length) {
       classify(event.dataTransfer.files[0]).catch((e) => problem(String(e)));
     }
+  });
+  $("key").addEventListener("submit", (event) => {
+    event.preventDefault();
+    sessionStorage.setItem(KEY, $("api-key").value);
+    $("key").hidden = true;
+    problem("");
+    loadCard().catch((e) => problem(`the model card could not be read: ${e.message}`));
   });
   loadCard().catch((e) => problem(`the model card could not be read: ${e.message}`));
 }
