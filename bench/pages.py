@@ -24,9 +24,12 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
-# what shows that a page has drawn from what it fetched, and what is then clicked (each
-# operation of Swagger UI opened, and its "Try it out")
-DRAWN = {"/": "#metrics tbody tr", "/docs": ".opblock"}
+# what shows that a page has drawn from what it fetched (the model card's classes; Swagger UI's
+# operations), and what is then clicked (each operation of Swagger UI opened, and its "Try it out")
+DRAWN = {
+    "/": "document.getElementById('classes').textContent !== ''",
+    "/docs": "document.querySelector('.opblock') !== null",
+}
 CLICKED = {"/docs": [".opblock-summary-control", ".try-out__btn"]}
 
 
@@ -50,7 +53,7 @@ def browser(profile: Path) -> webdriver.Chrome:
 
 
 def visit(
-    driver: webdriver.Chrome, url: str, selector: str, clicked: list[str], timeout: float = 30
+    driver: webdriver.Chrome, url: str, drawn_when: str, clicked: list[str], timeout: float = 30
 ) -> dict:
     driver.get("about:blank")
     driver.get_log("performance")  # what the browser loaded before (its own new-tab page)
@@ -59,7 +62,7 @@ def visit(
     deadline = time.monotonic() + timeout
     drawn = False
     while time.monotonic() < deadline and not drawn:
-        drawn = bool(driver.find_elements(By.CSS_SELECTOR, selector))
+        drawn = bool(driver.execute_script(f"return {drawn_when}"))
         time.sleep(0.2)
     for target in clicked:
         for element in driver.find_elements(By.CSS_SELECTOR, target):
@@ -85,8 +88,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
         driver = browser(Path(profile))
         try:
-            for path, selector in DRAWN.items():
-                seen = visit(driver, origin + path, selector, CLICKED.get(path, []))
+            for path, drawn_when in DRAWN.items():
+                seen = visit(driver, origin + path, drawn_when, CLICKED.get(path, []))
                 foreign = [u for u in seen["requests"] if not u.startswith((origin + "/", "data:"))]
                 errors = [c for c in seen["console"] if c.startswith("SEVERE")]
                 print(
