@@ -1,12 +1,13 @@
 """The ONNX export: every architecture exports with a dynamic batch and gives torch's class
-probabilities (normalisation and softmax in the graph)."""
+probabilities (normalisation and softmax in the graph), every weight read from the checkpoint."""
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
 from cnnpipe.core.dataset import InputSpec
-from cnnpipe.model import export, registry
+from cnnpipe.model import checkpoint, export, files, registry
 
 
 @pytest.mark.parametrize(
@@ -29,9 +30,16 @@ def test_every_architecture_exports_and_matches_torch(arch, size, channels, tmp_
         mean=[0.4] * channels,
         std=[0.2] * channels,
     )
-    path = tmp_path / "model.onnx"
-    export.export_onnx(model, spec, path)
+    checkpoint.save(tmp_path / files.MODEL_FILE, model, arch, spec, {})
+    path = tmp_path / files.ONNX_FILE
+    path.write_bytes(export.export_onnx(model, spec, tmp_path / files.MODEL_FILE))
     assert not model.training  # the exporter leaves the model as it found it
+    graph = onnx.load(path, load_external_data=False)
+    assert len(graph.graph.initializer) >= len(list(model.parameters()))
+    for tensor in graph.graph.initializer:  # no second copy of any weight
+        assert tensor.data_location == onnx.TensorProto.EXTERNAL, tensor.name
+        assert {e.key: e.value for e in tensor.external_data}["location"] == files.MODEL_FILE
+    assert path.stat().st_size < (tmp_path / files.MODEL_FILE).stat().st_size / 10
     images = np.random.default_rng(0).integers(0, 256, (9, channels, size, size), dtype=np.uint8)
     for batch in (images[:1], images):  # the batch dimension is dynamic
         assert export.max_difference(path, model, spec, batch) <= 1e-5

@@ -1,13 +1,25 @@
 """The model as ONNX: one graph from uint8 images to calibrated class probabilities
 (normalisation, model, softmax of the logits over the temperature), checked against torch before
-it is packaged."""
+it is packaged.
+
+The graph carries no copy of the weights. torch.save writes its zip archive uncompressed, each
+tensor's bytes whole at an aligned offset, and ONNX's external data (a file, an offset, a length)
+can point there: each weight of the graph is read from the checkpoint, which lies beside the
+graph under its own name (cnnpipe.model.files). So the weights are exported as the state dict
+holds them, batch norms unfused (onnxruntime fuses them when it loads the graph).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import io
+import struct
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime
 import torch
 from torch import nn
@@ -38,11 +50,17 @@ class ServedModel(nn.Module):
         return torch.softmax(logits / self.temperature, dim=1)
 
 
-def export_onnx(model: nn.Module, spec: InputSpec, path: Path, temperature: float = 1.0) -> None:
-    """Write the ONNX graph of ServedModel, with a dynamic batch dimension."""
+def export_onnx(
+    model: nn.Module, spec: InputSpec, checkpoint_file: Path, temperature: float = 1.0
+) -> bytes:
+    """The ONNX graph of ServedModel, with a dynamic batch dimension, its weights read from
+    `checkpoint_file` (the model's checkpoint, to lie beside the graph under that name)."""
     example = torch.zeros((2, spec.channels, spec.image_size, spec.image_size), dtype=torch.uint8)
+    exported = io.BytesIO()
     # The TorchScript exporter (dynamo=False) needs no onnxscript and exports all four
-    # architectures exactly; torch warns that it is deprecated.
+    # architectures exactly; torch warns that it is deprecated. PRESERVE exports the wrapper in
+    # its eval mode without folding batch norms into convolutions, and no constant folding keeps
+    # every initializer a tensor of the state dict.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
@@ -51,13 +69,51 @@ def export_onnx(model: nn.Module, spec: InputSpec, path: Path, temperature: floa
                 model, spec, temperature
             ).eval(),  # eval: the exporter restores the wrapper's mode
             (example,),
-            str(path),
+            exported,
             dynamo=False,
             opset_version=OPSET,
             input_names=[INPUT],
             output_names=[OUTPUT],
             dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
+            training=torch.onnx.TrainingMode.PRESERVE,
+            do_constant_folding=False,
         )
+    graph = onnx.load_from_string(exported.getvalue())
+    stored = stored_tensors(checkpoint_file)
+    for tensor in graph.graph.initializer:
+        found = stored.get(hashlib.sha256(tensor.raw_data).digest()) if tensor.raw_data else None
+        if found is None:  # not in the checkpoint (a constant the exporter made): stays inline
+            continue
+        offset, length = found
+        tensor.ClearField("raw_data")
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        del tensor.external_data[:]
+        for key, value in (
+            ("location", checkpoint_file.name),
+            ("offset", offset),
+            ("length", length),
+        ):
+            tensor.external_data.add(key=key, value=str(value))
+    return graph.SerializeToString()
+
+
+def stored_tensors(checkpoint_file: Path) -> dict[bytes, tuple[int, int]]:
+    """{sha256 of the bytes: (offset, length)} of each tensor storage that torch.save stored
+    uncompressed in the checkpoint's zip archive."""
+    found = {}
+    with zipfile.ZipFile(checkpoint_file) as archive, open(checkpoint_file, "rb") as f:
+        for entry in archive.infolist():
+            if "/data/" not in entry.filename or entry.compress_type != zipfile.ZIP_STORED:
+                continue
+            f.seek(entry.header_offset)  # the entry's local header, then its name and extra field
+            *_, name_length, extra_length = struct.unpack(
+                zipfile.structFileHeader, f.read(zipfile.sizeFileHeader)
+            )
+            offset = entry.header_offset + zipfile.sizeFileHeader + name_length + extra_length
+            f.seek(offset)
+            digest = hashlib.sha256(f.read(entry.file_size)).digest()
+            found.setdefault(digest, (offset, entry.file_size))
+    return found
 
 
 def max_difference(
