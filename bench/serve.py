@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from cnnpipe.core.dataset import InputSpec  # noqa: E402
-from cnnpipe.model import checkpoint, export, registry  # noqa: E402
+from cnnpipe.model import checkpoint, export, files, registry  # noqa: E402
 from cnnpipe.serve import packaging  # noqa: E402
 
 
@@ -79,11 +79,19 @@ def package(path: Path, version: str, images: list[bytes], workdir: Path) -> str
 
     model, card, _ = checkpoint.load(path)
     pixels = np.stack([preprocess.load(b, card.image_size, card.channels) for b in images])
-    onnx_file = workdir / f"{version}.onnx"
-    export.export_onnx(model, card, onnx_file, card.temperature)
-    difference = export.max_difference(onnx_file, model, card, pixels, temperature=card.temperature)
+    folder = workdir / version  # a packaged model: the checkpoint and the graph beside it
+    folder.mkdir(exist_ok=True)
+    files.place(path, folder / files.MODEL_FILE)
+    graph = export.export_onnx(model, card, folder / files.MODEL_FILE, card.temperature)
+    (folder / files.ONNX_FILE).write_bytes(graph)
+    difference = export.max_difference(
+        folder / files.ONNX_FILE, model, card, pixels, temperature=card.temperature
+    )
     assert difference <= 1e-5, f"the ONNX export differs from torch by {difference}"
-    return packaging.store_model(version, path, card, onnx_file)
+    metadata = card.model_dump(exclude_none=True)
+    return packaging.store_model(
+        f"{packaging.NAME}:{version}", folder, {}, metadata, files.hashes(folder, files.FILES)
+    )
 
 
 class Memory(threading.Thread):

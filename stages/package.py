@@ -1,6 +1,11 @@
-"""Stage 5: export the trained model to ONNX and check it against torch on the test split, put
-both, with the model card, into the BentoML model store (exported as an archive too), register
-the model in MLflow's model registry, and build and export a bento around it."""
+"""Stage 5: export the trained model to ONNX (the graph only: it reads its weights from the
+checkpoint beside it) and check it against torch on the test split, put the packaged model into
+the BentoML model store, register it in MLflow's model registry, build a bento around it
+(package.build), and record all of it beside the checkpoint.
+
+Outputs: the graph (models/model.onnx) and the record (models/package.json). The checkpoint's
+bytes stay where they are: the store entry and the registry's model hard-link them.
+"""
 
 import os
 
@@ -10,23 +15,31 @@ from cnnpipe.core import kernels
 os.environ.update(kernels.inference_environment())
 
 import json
+import sys
 import tempfile
 from pathlib import Path
 
 from cnnpipe.core import params, stage
 from cnnpipe.core.dataset import read_split
 from cnnpipe.core.errors import CnnpipeError
-from cnnpipe.core.outputs import atomic_path, write_json
+from cnnpipe.core.outputs import atomic_path, scratch_dir
 from cnnpipe.core.project import git_revision
-from cnnpipe.model import checkpoint, export
-from cnnpipe.serve import packaging
+from cnnpipe.model import checkpoint, export, files
+from cnnpipe.serve import packaging, record
 from cnnpipe.tracking import REGISTERED_MODEL, Run
 
 # class probabilities of the export may differ from torch's by float rounding, not more
 MAX_ONNX_DIFFERENCE = 1e-5
 
 
-def main(model_file: Path, processed: Path, test_metrics: Path, bentofile: Path, out: Path) -> None:
+def main(
+    model_file: Path,
+    processed: Path,
+    test_metrics: Path,
+    bentofile: Path,
+    onnx_file: Path,
+    record_file: Path,
+) -> None:
     p = params.load().package
     model_hash = checkpoint.file_hash(model_file)
     model, card, _ = checkpoint.load(model_file)
@@ -39,11 +52,15 @@ def main(model_file: Path, processed: Path, test_metrics: Path, bentofile: Path,
     )
     version = model_hash[:16]
     test = read_split(processed, "test", mmap=True)
-    with tempfile.TemporaryDirectory(prefix="cnnpipe-onnx-") as tmp_dir:
-        onnx_file = Path(tmp_dir) / packaging.ONNX_FILE
-        export.export_onnx(model, card, onnx_file, card.temperature)
+    home = scratch_dir(model_file.parent) or model_file.parent  # the checkpoint's file system
+    home.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="package-", dir=home) as tmp:
+        folder = Path(tmp)  # the packaged model, as the store entry and the registry get it
+        files.place(model_file, folder / files.MODEL_FILE)
+        graph = export.export_onnx(model, card, folder / files.MODEL_FILE, card.temperature)
+        (folder / files.ONNX_FILE).write_bytes(graph)
         difference = export.max_difference(
-            onnx_file, model, card, test.images, temperature=card.temperature
+            folder / files.ONNX_FILE, model, card, test.images, temperature=card.temperature
         )
         if difference > MAX_ONNX_DIFFERENCE:
             raise CnnpipeError(
@@ -54,24 +71,41 @@ def main(model_file: Path, processed: Path, test_metrics: Path, bentofile: Path,
             )
         stage.progress(
             f"package: ONNX export matches torch on {len(test.labels)} test images "
-            f"(max difference {difference:.2g})"
+            f"(max difference {difference:.2g}), {len(graph):,} bytes of graph"
         )
-        checked = {"onnx_max_difference": difference}
-        model_tag = packaging.store_model(version, model_file, card, onnx_file, checked)
-    stage.progress(f"package: model {model_tag} in the BentoML store")
-    if (registered := Run.find(model_hash).register_model(model_hash)) is not None:
-        stage.progress(f"package: MLflow registry {REGISTERED_MODEL} version {registered}")
-    with atomic_path(out) as tmp:
-        tmp.mkdir()
-        record = {"model": model_tag, "bento": None}
-        # what `bentoml models import` reads where the store lacks the model (after `dvc pull`)
-        packaging.export_model(model_tag, tmp / packaging.MODEL_ARCHIVE)
-        if p.build:
-            record["bento"] = bento = packaging.build_bento(bentofile, version, model_tag)
-            packaging.export_bento(bento, tmp / f"{packaging.NAME}.bento")
-            stage.progress(f"package: bento {bento} -> {out}")
-        write_json(tmp / packaging.TAGS_FILE.name, record)
+        sha256 = files.hashes(folder, files.FILES)
+        labels = {"architecture": card.architecture, "classes": str(len(card.classes))}
+        # BentoML metadata holds no None
+        metadata = {**card.model_dump(exclude_none=True), "onnx_max_difference": difference}
+        model_tag = packaging.store_model(
+            f"{packaging.NAME}:{version}", folder, labels, metadata, sha256
+        )
+        stage.progress(f"package: model {model_tag} in the BentoML store")
+        registered = Run.find(model_hash).register_model(folder, model_hash)
+        if registered is not None:
+            stage.progress(
+                f"package: MLflow registry {REGISTERED_MODEL} version {registered['version']}"
+            )
+    bento = packaging.build_bento(bentofile, version, model_tag) if p.build else None
+    if bento is not None:
+        stage.progress(f"package: bento {bento} in the BentoML store")
+    with atomic_path(onnx_file) as tmp_file:
+        tmp_file.write_bytes(graph)
+    packaged = record.Record(
+        model=model_tag,
+        bento=bento,
+        sha256=sha256,
+        labels=labels,
+        metadata=metadata,
+        registered=record.Registered(**registered) if registered is not None else None,
+    )
+    record.write(packaged, record_file)
 
 
 if __name__ == "__main__":
     stage.run(main)
+    # Every output is renamed into place and every store updated: the interpreter's teardown of
+    # torch, onnxruntime, MLflow and BentoML (seconds) would do nothing the stage needs.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

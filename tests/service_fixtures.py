@@ -21,7 +21,7 @@ from cnnpipe.core import preprocess
 from cnnpipe.core.dataset import read_split
 from cnnpipe.core.params import GenerateParams, ProcessParams
 from cnnpipe.data import sources, split
-from cnnpipe.model import checkpoint, export, registry
+from cnnpipe.model import checkpoint, export, files, registry
 from cnnpipe.model.inference import probabilities
 from cnnpipe.serve import packaging
 
@@ -85,16 +85,17 @@ def stored_model(base: Path) -> dict:
             "git_revision": "abc123",
         }
     )
-    export.export_onnx(model, card, base / "model.onnx", TEMPERATURE)
+    graph = export.export_onnx(model, card, base / "model.pt", TEMPERATURE)
+    (base / "model.onnx").write_bytes(graph)
     difference = export.max_difference(
         base / "model.onnx", model, card, test.images, temperature=TEMPERATURE
     )
     tag = packaging.store_model(
-        "test0000",
-        base / "model.pt",
-        card,
-        base / "model.onnx",
-        {"onnx_max_difference": difference},
+        f"{packaging.NAME}:test0000",
+        base,
+        {"architecture": card.architecture},
+        {**card.model_dump(exclude_none=True), "onnx_max_difference": difference},
+        files.hashes(base, files.FILES),
     )
     predicted = probabilities(model, spec, test.images).argmax(1)
     return {

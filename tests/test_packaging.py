@@ -1,9 +1,8 @@
-"""The package stage: the model into the BentoML store, a bento built around it and exported; the
-archive served from an empty store."""
+"""The package stage: the model into the BentoML store as one more name of the checkpoint's bytes,
+a bento built around it; the bento exported and served from an empty store."""
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
@@ -16,17 +15,18 @@ import yaml
 from conftest import Project, serving, stages_run, tiny_params
 from packaging.requirements import Requirement
 
-from cnnpipe.model import checkpoint
+from cnnpipe.model import checkpoint, files
+from cnnpipe.serve import record
 
 pytestmark = pytest.mark.e2e
 
 STORE_ANOTHER_MODEL = """
-import sys
 from pathlib import Path
-from cnnpipe.model import checkpoint
+from cnnpipe.model import files
 from cnnpipe.serve import packaging
-card = checkpoint.card_of(checkpoint.read(Path(sys.argv[1])))
-print(packaging.store_model("ffffffffffffffff", Path(sys.argv[1]), card))
+models = Path("models")
+sha256 = files.hashes(models, files.FILES)
+print(packaging.store_model("cnnpipe:ffffffffffffffff", models, {}, {}, sha256))
 """
 
 
@@ -34,23 +34,30 @@ def test_the_bento_bundles_the_workspace_model_and_serves_from_an_empty_store(
     workspace: Project, tmp_path: Path
 ):
     # A model stored after the workspace's: the store's latest, which the bento must not take.
-    newer = workspace.run("python", "-c", STORE_ANOTHER_MODEL, "models/model.pt").stdout.strip()
+    newer = workspace.run("python", "-c", STORE_ANOTHER_MODEL).stdout.strip()
     assert newer == "cnnpipe:ffffffffffffffff"
     workspace.write_params(tiny_params(package={"build": True}))
     assert stages_run(workspace.dvc("repro").stdout) == ["package"]
 
     model_file = workspace.root / "models/model.pt"
     version = checkpoint.file_hash(model_file)[:16]
-    tags = json.loads((workspace.root / "models/bento/tags.json").read_text())
-    assert tags == {"model": f"cnnpipe:{version}", "bento": f"cnnpipe:{version}"}
-    archive = workspace.root / "models/bento/cnnpipe.bento"
+    packaged = record.read(workspace.root / record.RECORD)
+    assert (packaged.model, packaged.bento) == (f"cnnpipe:{version}", f"cnnpipe:{version}")
+    # The checkpoint's bytes are on disk once: the workspace, DVC's cache and the store entry
+    # are names of one file.
+    stored = Path(workspace.env["BENTOML_HOME"], "models", "cnnpipe", version)
+    assert (stored / files.MODEL_FILE).stat().st_ino == model_file.stat().st_ino
+    assert model_file.stat().st_nlink >= 3
+
+    archive = tmp_path / "cnnpipe.bento"  # exported when asked, not by the stage
+    bentoml_cli = (sys.executable, "-m", "bentoml")
+    workspace.run(*bentoml_cli, "export", packaged.bento, str(archive))
     with tarfile.open(archive) as bento:
         names = bento.getnames()
         (requirements,) = [n for n in names if n.endswith("env/python/requirements.txt")]
         installs = bento.extractfile(requirements).read().decode().splitlines()
-    bundled = {Path(n).parts[-2] for n in names if n.endswith("model.pt")}
-    assert bundled == {version}
-    assert {Path(n).parts[-2] for n in names if n.endswith("model.onnx")} == {version}
+    assert {Path(n).parts[-2] for n in names if n.endswith(files.MODEL_FILE)} == {version}
+    assert {Path(n).parts[-2] for n in names if n.endswith(files.ONNX_FILE)} == {version}
     assert not any("stages/" in n or "/data/" in n or n.endswith("tracking.py") for n in names)
     # a container of the bento installs the lock's versions, every one pinned
     # (compared parsed: BentoML rewrites the markers' quotes)
@@ -65,7 +72,7 @@ def test_the_bento_bundles_the_workspace_model_and_serves_from_an_empty_store(
 
     empty = {**workspace.env, "BENTOML_HOME": str(tmp_path / "empty-store")}
     imported = subprocess.run(
-        [sys.executable, "-m", "bentoml", "import", str(archive)],
+        [*bentoml_cli, "import", str(archive)],
         cwd=tmp_path,
         env=empty,
         capture_output=True,
@@ -102,7 +109,8 @@ stage.run(package.main)
 
 
 def test_an_export_that_differs_from_torch_fails_the_stage_with_the_figure(workspace: Project):
-    before = (workspace.root / "models/bento/tags.json").read_bytes()
+    outs = [workspace.root / record.RECORD, workspace.root / "models" / files.ONNX_FILE]
+    before = [path.read_bytes() for path in outs]
     stages = yaml.safe_load((workspace.root / "dvc.yaml").read_text())["stages"]
     paths = stages["package"]["cmd"].split()[2:]
     paths = [
@@ -113,4 +121,4 @@ def test_an_export_that_differs_from_torch_fails_the_stage_with_the_figure(works
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     assert re.search(r"differ from torch's by up to [0-9.e-]+ on the \d+ test images", line), line
-    assert (workspace.root / "models/bento/tags.json").read_bytes() == before
+    assert [path.read_bytes() for path in outs] == before

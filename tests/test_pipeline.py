@@ -14,8 +14,9 @@ import yaml
 from conftest import STAGES, Project, stages_run, tracked_runs
 
 from cnnpipe.core import dataset
-from cnnpipe.model import checkpoint
+from cnnpipe.model import checkpoint, files
 from cnnpipe.model.inference import probabilities
+from cnnpipe.serve import record
 
 pytestmark = pytest.mark.e2e
 
@@ -64,11 +65,10 @@ def test_repro_runs_every_stage_and_writes_every_output(reproduced: Project):
     assert logged.dataset.digest == processed["md5"] and logged.dataset.name == "data/processed"
     assert json.loads(logged.dataset.profile)["generate"]["classes"] == model["classes"]
     assert [(t.key, t.value) for t in logged.tags] == [("mlflow.data.context", "training")]
-    tags = json.loads((root / "models/bento/tags.json").read_text())
-    assert tags == {
-        "model": f"cnnpipe:{checkpoint.file_hash(root / 'models/model.pt')[:16]}",
-        "bento": None,
-    }  # package.build is false in the tiny params
+    packaged = record.read(root / record.RECORD)
+    model_hash = checkpoint.file_hash(root / "models/model.pt")
+    assert (packaged.model, packaged.bento) == (f"cnnpipe:{model_hash[:16]}", None)  # build: false
+    assert packaged.sha256 == files.hashes(root / "models", files.FILES)
     assert json.loads((root / "metrics/train/metrics.json").read_text())["best_epoch"] >= 1
     assert (root / "mlflow.db").exists()
 
@@ -114,8 +114,7 @@ def test_bentoml_serve_in_the_project_root_serves_the_workspace_model(reproduced
     body = reply.json()
     assert body["label"] == card.classes[test.labels[sure[0]]]
     assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
-    tags = json.loads((reproduced.root / "models/bento/tags.json").read_text())
-    assert metadata["model"] == tags["model"]
+    assert metadata["model"] == record.read(reproduced.root / record.RECORD).model
     assert metadata["sha256"] == checkpoint.file_hash(reproduced.root / "models/model.pt")
     assert (metadata["temperature"], metadata["threshold"]) == (card.temperature, card.threshold)
     assert metadata["data_hash"] == card.data_hash

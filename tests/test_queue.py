@@ -8,8 +8,8 @@ import sys
 import time
 
 import mlflow
+import numpy as np
 import pytest
-import torch
 from conftest import (
     Project,
     assert_tracked_experiment,
@@ -69,8 +69,11 @@ def test_runs_carry_the_evaluation_and_the_model(copies):
         "evaluation/misclassified.png",
         "evaluation/per_class.json",
     }
-    model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
-    assert model(torch.zeros(1, 1, 32, 32)).shape == (1, 3)
+    # the package stage registered the experiment's model from its run, in the project's store
+    (version,) = client.search_model_versions(f"run_id = '{run.info.run_id}'")
+    model = mlflow.pyfunc.load_model(f"models:/{version.name}/{version.version}")
+    images = np.zeros((1, 1, 32, 32), np.uint8)
+    assert model.predict({"images": images})["probabilities"].shape == (1, 3)
 
 
 def test_the_mlflow_numbers_match_the_dvc_metrics(copies):

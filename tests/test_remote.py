@@ -1,16 +1,17 @@
-"""A team shares results through a DVC remote: push, a fresh clone pulls, nothing re-runs, and the
-pulled model is served after one `bentoml models import`."""
+"""A team shares results through a DVC remote: push, a fresh clone pulls, nothing re-runs, and
+`bentoml serve` serves the pulled model, storing it from the workspace first."""
 
 from __future__ import annotations
 
-import json
 import subprocess
-import sys
+from pathlib import Path
 
+import httpx
 import pytest
 from conftest import Project, stages_run
 
-from cnnpipe.serve import packaging
+from cnnpipe.model import files
+from cnnpipe.serve import record
 
 pytestmark = pytest.mark.e2e
 
@@ -31,11 +32,19 @@ def test_push_then_a_fresh_clone_pulls_and_reproduces_nothing(workspace: Project
     assert stages_run(teammate.dvc("repro").stdout) == []
     assert teammate.run("git", "status", "--porcelain").stdout == ""
 
-    # Serving the pulled model: its BentoML store is empty until the archive is imported.
-    tag = json.loads((dest / packaging.TAGS_FILE).read_text())["model"]
-    bentoml = (sys.executable, "-m", "bentoml")
-    assert teammate.run(*bentoml, "models", "get", tag, check=False).returncode != 0
-    archive = dest / packaging.TAGS_FILE.parent / packaging.MODEL_ARCHIVE
-    teammate.run(*bentoml, "models", "import", str(archive))  # an absolute path: BentoML's way
-    shown = teammate.run(*bentoml, "models", "get", tag, "-o", "json")
-    assert json.loads(shown.stdout)["metadata"]["sha256"].startswith(tag.split(":")[1])
+    # Serving the pulled model: the teammate's BentoML store is empty, and the service stores the
+    # model from the workspace, the checkpoint hard-linked (the bytes stay on disk once).
+    store = Path(teammate.env["BENTOML_HOME"])
+    assert not store.exists()
+    packaged = record.read(dest / record.RECORD)
+    image = next((dest / "data/raw/images/square").iterdir())
+    with teammate.serving() as url:
+        metadata = httpx.get(f"{url}/metadata").json()
+        with open(image, "rb") as f:
+            reply = httpx.post(f"{url}/predict", files={"file": f}, timeout=30)
+    assert metadata["model"] == packaged.model and metadata["runtime"] == "onnx"
+    assert metadata["sha256"] == packaged.sha256[files.MODEL_FILE]
+    assert reply.status_code == 200, reply.text
+    entry = store / "models" / packaged.model.replace(":", "/")
+    assert files.hashes(entry, files.FILES) == packaged.sha256
+    assert (entry / files.MODEL_FILE).stat().st_ino == (dest / "models/model.pt").stat().st_ino

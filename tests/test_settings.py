@@ -3,6 +3,7 @@
 import pytest
 
 from cnnpipe.core.errors import CnnpipeError
+from cnnpipe.serve import record
 from cnnpipe.serve.settings import Settings, api_key, cores, settings_from_env
 
 
@@ -27,9 +28,15 @@ def test_workers_and_threads_default_to_the_cores():
 def test_in_the_project_root_the_workspace_model_is_served(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert settings_from_env({}).model == "cnnpipe:latest"
-    tags = tmp_path / "models/bento/tags.json"
-    tags.parent.mkdir(parents=True)
-    tags.write_text('{"model": "cnnpipe:0123456789abcdef", "bento": null}')
+    packaged = record.Record(
+        model="cnnpipe:0123456789abcdef",
+        bento=None,
+        sha256={},
+        labels={},
+        metadata={},
+        registered=None,
+    )
+    record.write(packaged, tmp_path / record.RECORD)
     assert settings_from_env({}).model == "cnnpipe:0123456789abcdef"
     assert settings_from_env({"CNNPIPE_MODEL": "cnnpipe:other"}).model == "cnnpipe:other"
 

@@ -5,19 +5,27 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlparse
 
 import mlflow
 import pytest
 
 from cnnpipe import tracking
 from cnnpipe.core import processes
+from cnnpipe.model import files
 from cnnpipe.tracking import Run
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Iterator[str]:
-    """One store for the module: creating its tables takes seconds."""
-    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    """One store for the module: creating its tables takes seconds. Its experiment keeps its
+    artifacts beside it (MLflow's default would be the current folder)."""
+    home = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    mlflow.MlflowClient(uri).create_experiment(
+        tracking.EXPERIMENT, artifact_location=(home / "mlruns").as_uri()
+    )
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", uri)
         yield uri
@@ -32,6 +40,10 @@ def test_store_defaults_to_the_dvc_root(monkeypatch, tmp_path):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     assert tracking.tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # its artifacts too, not in the current folder (a temporary experiment's copy)
+    assert tracking.artifact_location() == (tmp_path / "mlruns" / tracking.EXPERIMENT).as_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.invalid")
+    assert tracking.artifact_location() is None  # the server's own
 
 
 def test_a_run_is_found_again_by_its_model_hash(store):
@@ -117,3 +129,41 @@ def test_a_stopped_run_is_reopened_by_the_training_that_resumes_it(store):
     gone = Run.reopen(run.run_id)  # the training then starts a new run
     assert gone.run_id is None and not gone.failed
     assert Run.reopen("0" * 32).run_id is None
+@pytest.fixture(scope="module")
+def packaged(tmp_path_factory) -> Path:
+    """A packaged model's folder: a tiny checkpoint and its ONNX graph."""
+    import torch
+
+    from cnnpipe.core.dataset import InputSpec
+    from cnnpipe.model import checkpoint, export, registry
+
+    folder = tmp_path_factory.mktemp("packaged")
+    torch.manual_seed(0)
+    model = registry.build("lenet5", 1, 3, 32).eval()
+    spec = InputSpec(classes=list("abc"), channels=1, image_size=32, mean=[0.5], std=[0.25])
+    checkpoint.save(folder / files.MODEL_FILE, model, "lenet5", spec, {})
+    graph = export.export_onnx(model, spec, folder / files.MODEL_FILE)
+    (folder / files.ONNX_FILE).write_bytes(graph)
+    return folder
+
+
+@pytest.mark.parametrize("artifacts", ["local", "uploaded"])
+def test_the_model_is_registered_as_onnx_once_per_run(store, packaged, artifacts, monkeypatch):
+    """Into a local artifact folder the checkpoint is hard-linked; into any other store it is
+    uploaded (here: a local folder taken for a remote store). Either way the registered files
+    are what the registration reports, and registering again gives the same version."""
+    if artifacts == "uploaded":
+        monkeypatch.setattr(tracking, "local_artifact_dir", lambda uri: None)
+    run = Run.start(artifacts, {}, {})
+    run.set_tags({tracking.MODEL_HASH_TAG: artifacts})
+    registered = run.register_model(packaged, artifacts, name=f"cnnpipe-{artifacts}")
+    assert registered is not None and registered["run_id"] == run.run_id
+    assert run.register_model(packaged, artifacts, name=f"cnnpipe-{artifacts}") == registered
+
+    client = mlflow.MlflowClient(store)
+    version = client.get_model_version(f"cnnpipe-{artifacts}", registered["version"])
+    folder = Path(urlparse(version.source).path)
+    assert files.hashes(folder) == registered["sha256"]
+    assert {files.MODEL_FILE, files.ONNX_FILE, "MLmodel"} <= set(registered["sha256"])
+    inode = (folder / files.MODEL_FILE).stat().st_ino
+    assert (inode == (packaged / files.MODEL_FILE).stat().st_ino) == (artifacts == "local")

@@ -1,6 +1,7 @@
 """The regression gate: compare the workspace's metrics with a git revision through DVC, print the
 table, and fail when the chosen metric dropped by more than the allowed amount. With --promote, a
-pass points that alias of MLflow's registered model at the workspace's model.
+pass points that alias of MLflow's registered model at the workspace's model: the version the
+package stage recorded it registered (models/package.json), once its run and files check out.
 
     cnnpipe-gate --rev main --metric test_accuracy --max-drop 0.02 [--promote champion]
 """
@@ -16,6 +17,8 @@ from pathlib import Path
 from cnnpipe import tracking
 from cnnpipe.core.errors import CnnpipeError
 from cnnpipe.model.checkpoint import file_hash
+from cnnpipe.model.files import MODEL_FILE
+from cnnpipe.serve import record
 
 
 def metrics_diff(rev: str) -> dict:
@@ -78,12 +81,33 @@ def main(argv: list[str] | None = None) -> None:
     print(("gate passed: " if passed else "gate FAILED: ") + reason)
     if passed and args.promote:
         try:
-            version = tracking.promote(file_hash(args.model), args.promote)
+            registered = promote(args.model, args.promote)
         except (CnnpipeError, OSError) as exc:
             raise SystemExit(f"error: {exc}") from None
-        name = tracking.REGISTERED_MODEL
-        print(f"promoted: models:/{name}@{args.promote} is {name} version {version}")
+        print(
+            f"promoted: models:/{registered.name}@{args.promote} is {registered.name} "
+            f"version {registered.version}"
+        )
     raise SystemExit(0 if passed else 1)
+
+
+def promote(model: Path, alias: str) -> record.Registered:
+    """Point `alias` at the registry version the package stage registered for `model`."""
+    path = model.with_name(record.RECORD.name)
+    packaged = record.read(path)
+    model_hash = file_hash(model)
+    if packaged.sha256.get(MODEL_FILE) != model_hash:
+        raise CnnpipeError(f"{path} is the record of another model than {model}; run dvc repro")
+    if packaged.registered is None:
+        raise CnnpipeError(
+            f"{path} records no registry version (tracking was off or failed when the package "
+            "stage ran); run dvc repro -f package with the registry reachable"
+        )
+    registered = packaged.registered
+    tracking.promote(
+        model_hash, registered.version, registered.run_id, registered.sha256, alias, registered.name
+    )
+    return registered
 
 
 if __name__ == "__main__":

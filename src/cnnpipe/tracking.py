@@ -1,17 +1,21 @@
-"""MLflow tracking: one run per trained model, shared by the train and evaluate stages.
+"""MLflow tracking: one run per trained model, shared by the train, evaluate and package stages;
+the package stage registers the model from it, and the regression gate promotes that version.
 
 The store defaults to `sqlite:///<project root>/mlflow.db`, the project root being DVC's own also
-inside a temporary experiment copy, so every run lands where `mlflow ui` in the root reads.
-`MLFLOW_TRACKING_URI` overrides it. Tracking never breaks a stage: the first failure prints one
-warning and the run goes quiet. Each run is tagged with the process that owns it; a run left
-RUNNING by a process that is gone (killed with SIGKILL, a crash, a reboot) is marked KILLED by the
-next run started on that host, and reopened by the training that resumes it.
+inside a temporary experiment copy, so every run lands where `mlflow ui` in the root reads, and
+its artifacts go to `<project root>/mlruns`. `MLFLOW_TRACKING_URI` overrides it. Tracking never
+breaks a stage: the first failure prints one warning and the run goes quiet. Each run is tagged
+with the process that owns it; a run left RUNNING by a process that is gone (killed with SIGKILL,
+a crash, a reboot) is marked KILLED by the next run started on that host, and reopened by the
+training that resumes it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -23,6 +27,7 @@ from cnnpipe.core.params import read_yaml
 from cnnpipe.core.processes import process_id, still_running, uninterrupted
 from cnnpipe.core.project import git_revision, project_root
 from cnnpipe.core.redact import without_credentials
+from cnnpipe.model import files
 
 EXPERIMENT = "cnnpipe"
 MODEL_HASH_TAG = "cnnpipe.model_sha256"
@@ -31,8 +36,21 @@ CHAMPION = "champion"  # the alias a passing gate on main sets: models:/cnnpipe@
 PROCESS_TAG = "cnnpipe.process"  # the owner, as cnnpipe.core.processes.process_id() names it
 
 
+def default_tracking_uri() -> str:
+    return f"sqlite:///{project_root() / 'mlflow.db'}"
+
+
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+
+
+def artifact_location() -> str | None:
+    """Where a new experiment keeps its runs' artifacts: with the default store, mlruns/ in the
+    project root. MLflow would pick mlruns/ in the current directory, which under a queued or
+    temporary DVC experiment is a copy deleted when the experiment ends."""
+    if tracking_uri() != default_tracking_uri():
+        return None
+    return (project_root() / "mlruns" / EXPERIMENT).as_uri()
 
 
 def shown_uri() -> str:
@@ -126,7 +144,9 @@ class Run:
             client = run._client()
             experiment = client.get_experiment_by_name(EXPERIMENT)
             experiment_id = (
-                experiment.experiment_id if experiment else client.create_experiment(EXPERIMENT)
+                experiment.experiment_id
+                if experiment
+                else client.create_experiment(EXPERIMENT, artifact_location=artifact_location())
             )
             close_abandoned(client, experiment_id)
             owned = {**tags, PROCESS_TAG: process_id()}
@@ -245,43 +265,59 @@ class Run:
 
         self._active("logging the dataset", log)
 
-    def log_model(self, model, input_example) -> None:
-        """The model with its signature inferred from an input example."""
+    def register_model(
+        self, folder: Path, model_hash: str, name: str = REGISTERED_MODEL
+    ) -> dict[str, Any] | None:
+        """Register the packaged model in `folder` (cnnpipe.model.files) as a version of `name`
+        from this run; the version, its run and the sha256 of each of its files. Registering the
+        same files from the same run again gives the same version."""
 
-        def log() -> None:
-            import mlflow
-
-            self._client()
-            with mlflow.start_run(run_id=self.run_id):
-                mlflow.pytorch.log_model(
-                    model,
-                    name="model",
-                    input_example=input_example,
-                    pip_requirements=_requirements(),
-                )
-
-        self._active("logging the model", log)
-
-    def register_model(self, model_hash: str, name: str = REGISTERED_MODEL) -> str | None:
-        """Register the model this run logged as a version of `name` in the model registry,
-        tagged with its hash (once: an existing version for the hash is returned); the version."""
-
-        def register() -> str:
+        def register() -> dict[str, Any]:
             client = self._client()
-            existing = registered_version(client, model_hash, name)
-            if existing is not None:
-                return existing
-            outputs = client.get_run(self.run_id).outputs.model_outputs
-            if not outputs:
-                raise LookupError(f"run {self.run_id} logged no model")
-            import mlflow
-
-            version = mlflow.register_model(
-                f"models:/{outputs[-1].model_id}", name, tags={MODEL_HASH_TAG: model_hash}
-            )
-            return str(version.version)
+            artifact_uri = client.get_run(self.run_id).info.artifact_uri
+            digest = "".join(files.hashes(folder, files.FILES).values()).encode()
+            artifact_path = f"model-{hashlib.sha256(digest).hexdigest()[:12]}"
+            registered = self._log_onnx_model(client, folder, artifact_uri, artifact_path)
+            source = f"{artifact_uri.rstrip('/')}/{artifact_path}"
+            version = _version_of(client, name, self.run_id, source, model_hash)
+            return {"name": name, "version": version, "run_id": self.run_id, "sha256": registered}
 
         return self._active("registering the model", register)
+
+    def _log_onnx_model(self, client, folder: Path, artifact_uri: str, artifact_path: str) -> dict:
+        """The packaged model as an MLflow ONNX model (its MLmodel, the graph, the checkpoint it
+        reads its weights from) under `artifact_path` of the run's artifacts; the sha256 of each
+        file. Loading it runs onnxruntime on the graph: no pickle, so no code of whoever wrote it.
+        Into an artifact store that is a local folder, the model is written in place, its
+        checkpoint hard-linked (one copy on disk); to any other store it is uploaded."""
+        import mlflow.onnx
+        import onnx
+
+        home = local_artifact_dir(artifact_uri)
+        if home is not None and (logged := home / artifact_path).is_dir():
+            # logged by an earlier run of the stage, for the same files
+            found = files.hashes(logged)
+            if {name: found.get(name) for name in files.FILES} != files.hashes(folder, files.FILES):
+                raise LookupError(f"{logged} does not hold the files it was logged with")
+            return found
+        if home is not None:
+            home.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".cnnpipe-model-", dir=home) as tmp:
+            staged = Path(tmp) / artifact_path
+            graph = onnx.load(folder / files.ONNX_FILE, load_external_data=False)
+            mlflow.onnx.save_model(
+                graph,
+                str(staged),
+                save_as_external_data=False,  # the weights stay where they are, in model.pt
+                pip_requirements=mlflow.onnx.get_default_pip_requirements(),
+            )
+            files.place(folder / files.MODEL_FILE, staged / files.MODEL_FILE)
+            registered = files.hashes(staged)
+            if home is not None:
+                os.replace(staged, home / artifact_path)
+            else:
+                client.log_artifacts(self.run_id, str(staged), artifact_path)
+        return registered
 
     def end(self, status: str = "FINISHED") -> None:
         self._active("ending the run", lambda: self._client().set_terminated(self.run_id, status))
@@ -290,28 +326,77 @@ class Run:
         return self._guard(what, action) if self.run_id is not None else None
 
 
-def registered_version(client, model_hash: str, name: str = REGISTERED_MODEL) -> str | None:
-    """The registry's version of `name` whose model has this hash, if any."""
-    found = client.search_model_versions(
-        f"name = '{name}' and tags.`{MODEL_HASH_TAG}` = '{model_hash}'"
+def local_artifact_dir(artifact_uri: str) -> Path | None:
+    """The folder of a run's artifacts when the artifact store is a local folder, else None."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+
+    repository = get_artifact_repository(artifact_uri)
+    return (
+        Path(repository.artifact_dir) if isinstance(repository, LocalArtifactRepository) else None
     )
-    return str(max(int(v.version) for v in found)) if found else None
 
 
-def promote(model_hash: str, alias: str = CHAMPION, name: str = REGISTERED_MODEL) -> str:
-    """Point `alias` at the registered version of the model with this hash; returns the version.
-    Unlike tracking, this is not best-effort: a model that is not registered stops it."""
+def _version_of(client, name: str, run_id: str, source: str, model_hash: str) -> str:
+    """The version of `name` registered from this run and source, registered now if none is."""
+    from mlflow.exceptions import MlflowException
+
+    for version in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
+        if version.source == source:
+            return str(version.version)
+    try:
+        client.create_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    created = client.create_model_version(
+        name, source, run_id=run_id, tags={MODEL_HASH_TAG: model_hash}
+    )
+    return str(created.version)
+
+
+def promote(
+    model_hash: str,
+    version: str,
+    run_id: str,
+    sha256: Mapping[str, str],
+    alias: str = CHAMPION,
+    name: str = REGISTERED_MODEL,
+) -> None:
+    """Point `alias` at `version` of `name`, once it is shown to be the model that was packaged:
+    registered by `run_id`, the run that trained the model with this hash, and holding exactly
+    the files the package stage registered (`sha256`, by path). Tags are not trusted: anyone who
+    may write to the registry can set one. Unlike tracking, this is not best-effort: any
+    mismatch stops it with the reason."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     client = mlflow.MlflowClient(tracking_uri())
-    version = registered_version(client, model_hash, name)
-    if version is None:
+    where = f"{name} version {version}"
+    try:
+        registered = client.get_model_version(name, version)
+        trained = client.get_run(run_id).data.tags.get(MODEL_HASH_TAG)
+    except MlflowException:
         raise CnnpipeError(
-            f"no version of {name!r} in the model registry at {shown_uri()} has model "
-            f"{model_hash[:12]}; run the package stage (dvc repro) against this store first"
+            f"{where} or its run {run_id} is not in the model registry at {shown_uri()}; run "
+            "the package stage against this store (dvc repro -f package) first"
+        ) from None
+    if registered.run_id != run_id or trained != model_hash:
+        raise CnnpipeError(
+            f"{where} was not registered by run {run_id}, the training of model "
+            f"{model_hash[:12]}; it is not this model: run dvc repro -f package to register it"
+        )
+    with tempfile.TemporaryDirectory(prefix="cnnpipe-promote-") as tmp:
+        uri = client.get_model_version_download_uri(name, version)
+        found = files.hashes(Path(mlflow.artifacts.download_artifacts(uri, dst_path=tmp)))
+    if found != dict(sha256):
+        changed = sorted(k for k in {*found, *sha256} if found.get(k) != sha256.get(k))
+        raise CnnpipeError(
+            f"the files of {where} are not the ones the package stage registered (differ: "
+            f"{', '.join(changed)}); it was changed since: run dvc repro -f package to register "
+            "the model again"
         )
     client.set_registered_model_alias(name, alias, version)
-    return version
 
 
 def close_abandoned(client, experiment_id: str) -> list[str]:
@@ -331,10 +416,3 @@ def close_abandoned(client, experiment_id: str) -> list[str]:
                 flush=True,
             )
     return closed
-
-
-def _requirements() -> list[str]:
-    """The pinned torch pair the logged model needs (local version labels such as +cpu dropped)."""
-    from importlib.metadata import version
-
-    return [f"{name}=={version(name).split('+')[0]}" for name in ("torch", "torchvision")]

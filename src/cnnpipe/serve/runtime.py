@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnpipe.core.errors import CnnpipeError
-from cnnpipe.serve.packaging import MODEL_ARCHIVE, MODEL_FILE, ONNX_FILE
+from cnnpipe.model.files import MODEL_FILE, ONNX_FILE
 
 RuntimeName = t.Literal["onnx", "torch"]
 
@@ -82,9 +82,7 @@ def load(model_dir: Path, choice: str, threads: int) -> Runtime:
     if choice == "onnx" and not exported.exists():
         raise CnnpipeError(
             f"CNNPIPE_RUNTIME=onnx but the stored model has no {ONNX_FILE}; package it again "
-            f'(dvc repro package, or bentoml models import "$PWD/models/bento/{MODEL_ARCHIVE}" '
-            "in the project root), or unset "
-            "CNNPIPE_RUNTIME"
+            "(dvc repro package in the project root), or unset CNNPIPE_RUNTIME"
         )
     if choice != "torch" and exported.exists():
         return OnnxRuntime(exported, threads)

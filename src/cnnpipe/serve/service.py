@@ -31,7 +31,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from cnnpipe.serve import decoding, header_timeout, runtime
+from cnnpipe.core.errors import CnnpipeError
+from cnnpipe.serve import decoding, header_timeout, packaging, runtime
 from cnnpipe.serve.access import BearerKey
 from cnnpipe.serve.bentoml_io import (
     ExplainInput,
@@ -43,7 +44,7 @@ from cnnpipe.serve.bentoml_io import (
 from cnnpipe.serve.contract import Docs, Prediction, ServedModel, answer
 from cnnpipe.serve.decoding import Image
 from cnnpipe.serve.limits import Rebalance, RequestLimits
-from cnnpipe.serve.packaging import MODEL_ARCHIVE, NAME
+from cnnpipe.serve.packaging import NAME
 from cnnpipe.serve.page import Pages, SecurityHeaders
 from cnnpipe.serve.settings import api_key, settings_from_env
 from cnnpipe.serve.uploads import Uploads
@@ -54,14 +55,27 @@ GC_THRESHOLD = 50_000  # allocations between young-generation collections (Pytho
 
 
 class StoredModel(bentoml.models.BentoModel):
-    """The model from the local store only, with a missing model reported as one line saying
-    how to get it (BentoML would otherwise try BentoCloud and print its error)."""
+    """The model from the local store only. Where the store lacks it and the workspace's package
+    record names it (after `dvc pull`), it is stored from the workspace first; otherwise a missing
+    model is one line saying how to get it (BentoML would try BentoCloud and print its error)."""
+
+    @property
+    def stored(self) -> t.Any:
+        found = super().stored
+        if found is None:
+            try:
+                if packaging.store_workspace_model(str(self.tag)):
+                    found = super().stored
+            except CnnpipeError as exc:
+                raise NotFound(str(exc)) from None
+        return found
 
     def _missing(self) -> NotFound:
         return NotFound(
             f"model {self.tag} is not in the BentoML store "
-            f"({os.environ.get('BENTOML_HOME', '~/bentoml')}); run `dvc repro` in the project "
-            f'root, or `bentoml models import "$PWD/models/bento/{MODEL_ARCHIVE}"` there'
+            f"({os.environ.get('BENTOML_HOME', '~/bentoml')}) and the workspace has no package "
+            "record of it; run `dvc pull` or `dvc repro` in the project root, or `bentoml "
+            "import` the exported bento"
         )
 
     def to_info(self, alias: str | None = None) -> t.Any:

@@ -10,7 +10,6 @@ batching bounds when the service class is defined. The defaults were chosen by m
 
 from __future__ import annotations
 
-import json
 import os
 import typing as t
 from pathlib import Path
@@ -18,7 +17,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from cnnpipe.core.errors import CnnpipeError
-from cnnpipe.serve.packaging import NAME, TAGS_FILE
+from cnnpipe.serve import record
+from cnnpipe.serve.packaging import NAME
 
 ENV_PREFIX = "CNNPIPE_"
 MiB = 2**20
@@ -84,13 +84,13 @@ class Settings(BaseModel):
         return self.threads or max(1, cores() // self.worker_count)
 
 
-def workspace_model(tags: Path = TAGS_FILE) -> str | None:
+def workspace_model(path: Path = record.RECORD) -> str | None:
     """The model tag the package stage recorded, when serving from the project root: after
     `dvc exp apply` or `git checkout`, `bentoml serve` then serves the workspace's model, not
     whichever model was stored last."""
     try:
-        return json.loads(tags.read_text())["model"]
-    except (OSError, ValueError, KeyError, TypeError):
+        return record.read(path).model
+    except CnnpipeError:
         return None
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 from dvclive import Live
 
@@ -17,7 +16,6 @@ from cnnpipe.core.dataset import InputSpec, dvc_hash, read_spec, read_split
 from cnnpipe.core.errors import CnnpipeError
 from cnnpipe.core.outputs import atomic_path
 from cnnpipe.core.params import TrainParams
-from cnnpipe.core.preprocess import normalize
 from cnnpipe.model import checkpoint, registry
 from cnnpipe.model.calibration import Calibration, calibrate
 from cnnpipe.tracking import MODEL_HASH_TAG, Run, data_params, dvc_tags, flatten, pipeline_params
@@ -162,7 +160,7 @@ def train(
     except BaseException:
         run.end("FAILED")
         raise
-    _log_result(run, model, result, model_file, parameters, val.images[:2], spec)
+    _log_result(run, result, model_file, parameters)
     if states:
         states.remove()  # last: a stop before this resumes with nothing left to train
 
@@ -257,15 +255,10 @@ def _log_calibration(c: Calibration, run: Run) -> None:
     )
 
 
-def _log_result(
-    run: Run,
-    model: torch.nn.Module,
-    result: FitResult,
-    model_file: Path,
-    parameters: int,
-    example: np.ndarray,
-    spec: InputSpec,
-) -> None:
+def _log_result(run: Run, result: FitResult, model_file: Path, parameters: int) -> None:
+    """The run's summary and the model's hash, the tag that links the package stage's
+    registration and the evaluation to this run (the model itself is registered by the package
+    stage, as ONNX)."""
     model_hash = checkpoint.file_hash(model_file)
     run.set_tags({MODEL_HASH_TAG: model_hash, "cnnpipe.best_weights": result.best_weights})
     run.log_metrics(
@@ -278,10 +271,6 @@ def _log_result(
             "model_bytes": model_file.stat().st_size,
         }
     )
-    # two images, not one: MLflow exports the model with torch.export, which fixes a batch size
-    # of 1 for good but keeps a larger one dynamic
-    normalized = normalize(torch.from_numpy(np.array(example)), spec.mean, spec.std)
-    run.log_model(model, normalized.numpy())
     run.end()
     weights = " (moving average)" if result.best_weights == "ema" else ""
     stage.progress(
