@@ -33,19 +33,20 @@ REPO = Path(__file__).resolve().parents[1]
 MODELS = ("lenet5", "resnet18", "efficientnet_b0", "densenet121")
 
 
-def scratch_copy(dest: Path) -> None:
-    """This checkout's tracked files, without its results, as a fresh git repository."""
+def scratch_copy(dest: Path, source: Path = REPO) -> None:
+    """A checkout's tracked files (this one's by default), without its results, as a fresh git
+    repository."""
     listed = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO,
+        cwd=source,
         capture_output=True,
         text=True,
         check=True,
     ).stdout.split("\0")
     for name in filter(None, listed):
-        if (REPO / name).is_file() and not name.startswith(("dvc.lock", "metrics/")):
+        if (source / name).is_file() and not name.startswith(("dvc.lock", "metrics/")):
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, dest / name)
+            shutil.copy2(source / name, dest / name)
     env = {"GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@cnnpipe.invalid"}
     env |= {"GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@cnnpipe.invalid"}
     for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "x"]):
