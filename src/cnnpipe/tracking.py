@@ -273,6 +273,7 @@ class Run:
         same files from the same run again gives the same version."""
 
         def register() -> dict[str, Any]:
+            assert self.run_id is not None  # _active calls it only for a started run
             client = self._client()
             artifact_uri = client.get_run(self.run_id).info.artifact_uri
             digest = "".join(files.hashes(folder, files.FILES).values()).encode()

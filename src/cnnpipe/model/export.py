@@ -69,7 +69,7 @@ def export_onnx(
                 model, spec, temperature
             ).eval(),  # eval: the exporter restores the wrapper's mode
             (example,),
-            exported,
+            exported,  # type: ignore[arg-type]  # a file object works; the annotation omits it
             dynamo=False,
             opset_version=OPSET,
             input_names=[INPUT],
@@ -97,19 +97,23 @@ def export_onnx(
     return graph.SerializeToString()
 
 
+LOCAL_HEADER_BYTES = 30  # a zip entry's local file header, before its name (APPNOTE 4.3.7)
+
+
 def stored_tensors(checkpoint_file: Path) -> dict[bytes, tuple[int, int]]:
     """{sha256 of the bytes: (offset, length)} of each tensor storage that torch.save stored
     uncompressed in the checkpoint's zip archive."""
-    found = {}
+    found: dict[bytes, tuple[int, int]] = {}
     with zipfile.ZipFile(checkpoint_file) as archive, open(checkpoint_file, "rb") as f:
         for entry in archive.infolist():
             if "/data/" not in entry.filename or entry.compress_type != zipfile.ZIP_STORED:
                 continue
-            f.seek(entry.header_offset)  # the entry's local header, then its name and extra field
-            *_, name_length, extra_length = struct.unpack(
-                zipfile.structFileHeader, f.read(zipfile.sizeFileHeader)
-            )
-            offset = entry.header_offset + zipfile.sizeFileHeader + name_length + extra_length
+            # the entry's local header (its last two fields: the lengths of the name and of the
+            # extra field that follow it), then the data
+            f.seek(entry.header_offset)
+            header = f.read(LOCAL_HEADER_BYTES)
+            name_length, extra_length = struct.unpack("<HH", header[-4:])
+            offset = entry.header_offset + LOCAL_HEADER_BYTES + name_length + extra_length
             f.seek(offset)
             digest = hashlib.sha256(f.read(entry.file_size)).digest()
             found.setdefault(digest, (offset, entry.file_size))
