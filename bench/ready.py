@@ -1,5 +1,5 @@
 """Start-up and memory of `bentoml serve` in the project root (the workspace's model, as
-models/bento/tags.json names it): seconds to a 200 from /readyz, and the RSS of every process
+models/package.json names it): seconds to a 200 from /readyz, and the RSS of every process
 once it has answered a request; where the start-up goes (importing the service).
 
     python bench/ready.py --runs 5
