@@ -83,7 +83,7 @@ def test_a_passing_gate_promotes_the_packaged_version_and_champion_loads(
         run_id=packaged.registered.run_id,
         tags={MODEL_HASH_TAG: model_hash},
     )
-    assert mv.version == "2"
+    assert str(mv.version) == "2"
 
     scores = workspace.root / "metrics/evaluate/metrics.json"
     measured = json.loads(scores.read_text())
