@@ -296,11 +296,14 @@ class Run:
 
         home = local_artifact_dir(artifact_uri)
         if home is not None and (logged := home / artifact_path).is_dir():
-            # logged by an earlier run of the stage, for the same files
-            found = files.hashes(logged)
-            if {name: found.get(name) for name in files.FILES} != files.hashes(folder, files.FILES):
-                raise LookupError(f"{logged} does not hold the files it was logged with")
-            return found
+            return _logged_hashes(logged, folder)  # by an earlier run of the stage
+        if home is None and client.list_artifacts(self.run_id, artifact_path):
+            # uploaded by an earlier run of the stage: uploading again would change its MLmodel
+            # (a new uuid and time) under the version registered from it
+            with tempfile.TemporaryDirectory(prefix="cnnpipe-logged-") as tmp:
+                return _logged_hashes(
+                    Path(client.download_artifacts(self.run_id, artifact_path, tmp)), folder
+                )
         if home is not None:
             home.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=".cnnpipe-model-", dir=home) as tmp:
@@ -325,6 +328,14 @@ class Run:
 
     def _active(self, what: str, action: Callable[[], Any]) -> Any:
         return self._guard(what, action) if self.run_id is not None else None
+
+
+def _logged_hashes(logged: Path, folder: Path) -> dict[str, str]:
+    """The sha256 of every file of a model logged earlier, which must hold `folder`'s files."""
+    found = files.hashes(logged)
+    if {name: found.get(name) for name in files.FILES} != files.hashes(folder, files.FILES):
+        raise LookupError(f"{logged} does not hold the files it was logged with")
+    return found
 
 
 def local_artifact_dir(artifact_uri: str) -> Path | None:
