@@ -25,6 +25,7 @@ from cnnpipe import cli
 from cnnpipe.core import preprocess, processes
 from cnnpipe.core.errors import CnnpipeError
 from cnnpipe.predict import files
+from cnnpipe.serve import record as package_record
 from cnnpipe.serve import runtime
 from cnnpipe.serve.contract import answer
 
@@ -141,8 +142,11 @@ def test_the_default_model_is_the_workspaces_packaged_one(
     with pytest.raises(SystemExit) as stop:  # no workspace model, no models/model.pt
         cli.main(["predict", str(pictures / "checkerboard.png")])
     assert stop.value.code == 2 and "no model to predict with" in capsys.readouterr().err
-    (tmp_path / "models/bento").mkdir(parents=True)
-    (tmp_path / "models/bento/tags.json").write_text(json.dumps({"model": stored["tag"]}))
+    (tmp_path / "models").mkdir()
+    packaged = package_record.Record(
+        model=stored["tag"], bento=None, sha256={}, labels={}, metadata={}, registered=None
+    )
+    package_record.write(packaged, tmp_path / package_record.RECORD)  # the stage's record
     with pytest.raises(SystemExit) as stop:
         cli.main(["predict", str(pictures / "checkerboard.png"), "--jobs", "1"])
     captured = capsys.readouterr()

@@ -129,6 +129,8 @@ def test_a_stopped_run_is_reopened_by_the_training_that_resumes_it(store):
     gone = Run.reopen(run.run_id)  # the training then starts a new run
     assert gone.run_id is None and not gone.failed
     assert Run.reopen("0" * 32).run_id is None
+
+
 @pytest.fixture(scope="module")
 def packaged(tmp_path_factory) -> Path:
     """A packaged model's folder: a tiny checkpoint and its ONNX graph."""

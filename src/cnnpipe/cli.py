@@ -57,7 +57,7 @@ def parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--model",
         help="a model store tag (cnnpipe:<version>) or a checkpoint file (models/model.pt, run "
-        "by torch); default: the workspace's packaged model (models/bento/tags.json) from the "
+        "by torch); default: the workspace's packaged model (models/package.json) from the "
         "BentoML store, run by onnxruntime, else models/model.pt",
     )
     predict.add_argument(

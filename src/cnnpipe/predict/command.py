@@ -1,7 +1,8 @@
 """`cnnpipe predict`: classify image files with a trained model, as the service would.
 
-The model is the packaged one by default (the workspace's tag in models/bento/tags.json, run by
-onnxruntime from the BentoML store, as `bentoml serve` runs it), a store tag, or a checkpoint
+The model is the packaged one by default (the tag in the workspace's package record,
+models/package.json, run by onnxruntime from the BentoML store, which gets it from the workspace
+after a `dvc pull` as `bentoml serve` does), a store tag, or a checkpoint
 file such as models/model.pt (run by torch). Each file is decoded by the pipeline's
 preprocessing in a pool of processes, batches go to the runtime the service uses
 (cnnpipe.serve.runtime), and each answer is the service's (cnnpipe.serve.contract.answer): the
@@ -21,17 +22,15 @@ from cnnpipe.core.errors import CnnpipeError
 from cnnpipe.model.card import ModelCard
 from cnnpipe.predict import files
 from cnnpipe.predict.results import Row
-from cnnpipe.serve import runtime
+from cnnpipe.serve import packaging, runtime
 from cnnpipe.serve.contract import answer
-from cnnpipe.serve.packaging import MODEL_ARCHIVE, TAGS_FILE
 from cnnpipe.serve.settings import workspace_model
 
 BATCH = 64  # images per call of the runtime
 WORKSPACE_CHECKPOINT = Path("models/model.pt")
 NO_MODEL = (
-    "no model to predict with: run `dvc repro` (or `dvc pull`) in the project root, import the "
-    f'packaged one with `bentoml models import "$PWD/{TAGS_FILE.parent}/{MODEL_ARCHIVE}"`, or '
-    "name one with --model (a model store tag, or a checkpoint such as models/model.pt)"
+    "no model to predict with: run `dvc repro` (or `dvc pull`) in the project root, or name one "
+    "with --model (a model store tag, or a checkpoint such as models/model.pt)"
 )
 
 
@@ -71,14 +70,27 @@ def _stored(tag: str, threads: int, required: bool) -> Model | None:
     from bentoml.exceptions import BentoMLException, NotFound
 
     try:
+        if not required and not _in_store(tag):
+            packaging.store_workspace_model(tag)  # a pulled workspace: as `bentoml serve` does
         stored = bentoml.models.get(tag)
-    except (NotFound, BentoMLException, ValueError) as exc:
+    except (NotFound, BentoMLException, ValueError, CnnpipeError) as exc:
         if required:
             raise CnnpipeError(f"--model {tag}: not in the BentoML model store ({exc})") from None
         return None
     loaded = runtime.load(Path(stored.path), "auto", threads)
     card = ModelCard.model_validate(stored.info.metadata)
     return Model(loaded, card, f"{stored.tag} ({card.architecture}, {loaded.name})")
+
+
+def _in_store(tag: str) -> bool:
+    import bentoml
+    from bentoml.exceptions import BentoMLException, NotFound
+
+    try:
+        bentoml.models.get(tag)
+    except (NotFound, BentoMLException, ValueError):
+        return False
+    return True
 
 
 def predictions(
