@@ -87,7 +87,7 @@ def test_the_bento_bundles_the_workspace_model_and_serves_from_an_empty_store(
         # the pages' files are in the bento (bentofile.yaml includes them)
         pages = [httpx.get(f"{url}{path}") for path in ("/", "/page/page.js", "/docs")]
     assert [page.status_code for page in pages] == [200] * 3
-    assert "cnnpipe image classifier" in pages[0].text
+    assert "<h1>cnnpipe</h1>" in pages[0].text and "swagger-ui" in pages[2].text.lower()
     assert metadata["model"] == f"cnnpipe:{version}"
     assert metadata["runtime"] == "onnx" and metadata["onnx_max_difference"] <= 1e-5
     assert metadata["sha256"] == checkpoint.file_hash(model_file)
