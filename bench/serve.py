@@ -41,7 +41,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from cnnpipe.core.dataset import InputSpec  # noqa: E402
+from cnnpipe.core.dataset import InputSpec, image_folder  # noqa: E402
 from cnnpipe.model import checkpoint, export, files, registry  # noqa: E402
 from cnnpipe.serve import packaging  # noqa: E402
 
@@ -55,7 +55,8 @@ def free_port() -> int:
 def test_images(limit: int) -> list[bytes]:
     with open(ROOT / "data/processed/test.csv", newline="") as f:
         files = [row["file"] for row in csv.DictReader(f)][:limit]
-    return [(ROOT / "data/raw" / name).read_bytes() for name in files]
+    folder = image_folder(ROOT / "data/raw")  # generated images, or the folder read in place
+    return [(folder / name).read_bytes() for name in files]
 
 
 def model_file(case: str, workdir: Path) -> Path:

@@ -6,8 +6,13 @@ one, which depends on every params section: a changed value is checked here firs
 stops the pipeline with one line before anything is removed. With `generate.source: folder` it
 also walks the folder and stops on entries DVC would hang or fail on when it hashes the folder
 for generate. Its output names the source, so it changes only when the source does.
+
+A folder that is not here although it is the source the last run read (a teammate's clone with
+what `dvc pull` brought, the folder not among it) passes: the stages that read it are then
+restored rather than re-run (`dvc repro --allow-missing`), and the one that must read it says so.
 """
 
+import json
 from pathlib import Path
 
 from cnnpipe.core import params, stage
@@ -18,7 +23,13 @@ from cnnpipe.data import folder
 
 def main(source: Path) -> None:
     p = params.load()  # every section, and how they fit together
-    if p.generate.source == "folder":
+    described = folder.describe_source(p.generate)
+    if p.generate.source == "folder" and _read_before(source, described):
+        stage.progress(
+            f"check: params valid; {p.generate.folder} is not here: the stages that read it are "
+            "restored, not re-run (dvc repro --allow-missing), until it is"
+        )
+    elif p.generate.source == "folder":
         listing = folder.list_folder(p.generate.folder, folder.hash_cache(project_root()))
         folder.refuse_unhashable(listing)
         files = sum(len(names) for names in listing.classes.values())
@@ -26,7 +37,17 @@ def main(source: Path) -> None:
         stage.progress(f"check: params valid; {p.generate.folder}: {listed}")
     else:
         stage.progress("check: params valid")
-    write_json(source, folder.describe_source(p.generate))
+    write_json(source, described)
+
+
+def _read_before(source: Path, described: dict) -> bool:
+    """Whether the image folder is missing and is the source the last check passed."""
+    if Path(described["folder"]).exists() or not source.exists():
+        return False
+    try:
+        return json.loads(source.read_text()) == described
+    except ValueError:
+        return False
 
 
 if __name__ == "__main__":

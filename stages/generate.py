@@ -1,10 +1,11 @@
-"""Stage 1: write the raw labelled images from the source in params `generate`, and the data
-report (counts, skipped files, the same image in several classes, sizes; a grid of samples).
-`source` is the check stage's output, which puts generate after the check."""
+"""Stage 1: the raw labelled images of the source in params `generate` (shapes and digits drawn
+as PNGs, a folder's images read and recorded in place), and the data report (counts, skipped
+files, the same image in several classes, sizes; a grid of samples). `source` is the check
+stage's output, which puts generate after the check."""
 
 from pathlib import Path
 
-from cnnpipe.core import params, stage
+from cnnpipe.core import dataset, params, stage
 from cnnpipe.core.outputs import atomic_path, write_json
 from cnnpipe.core.project import project_root
 from cnnpipe.data import folder, report, sources
@@ -20,7 +21,7 @@ def main(source: Path, raw: Path, report_file: Path, samples_file: Path) -> None
     with atomic_path(raw) as tmp:
         written = sources.write_raw(p, tmp, listing)
         summary = report.summary(written, p)
-        grid = report.sample_grid(tmp, written)
+        grid = report.sample_grid(dataset.image_folder(tmp), written)
     write_json(report_file, summary)
     with atomic_path(samples_file) as tmp:
         grid.save(tmp, format="PNG", optimize=True)

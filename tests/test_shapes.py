@@ -1,7 +1,7 @@
 import numpy as np
 
 from cnnpipe.core import params
-from cnnpipe.data import shapes, sources
+from cnnpipe.data import parallel, shapes, sources
 
 
 def test_same_seed_gives_the_same_pixels_and_another_seed_does_not():
@@ -30,10 +30,11 @@ def test_every_shape_draws_at_the_configured_size():
         assert np.asarray(image).std() > 10  # a shape was drawn, not a blank canvas
 
 
-def test_write_raw_is_deterministic_to_the_byte(tmp_path):
+def test_write_raw_is_deterministic_to_the_byte_on_any_number_of_processes(tmp_path, monkeypatch):
     p = params.parse({"generate": {"classes": ["square", "hexagon"], "images_per_class": 4}})
-    counts = sources.write_raw(p.generate, tmp_path / "a").counts
-    sources.write_raw(p.generate, tmp_path / "b")
+    counts = sources.write_raw(p.generate, tmp_path / "a", processes=1).counts
+    monkeypatch.setattr(parallel, "CHUNK", 3)  # three chunks, over two processes
+    sources.write_raw(p.generate, tmp_path / "b", processes=2)
     assert counts == {"square": 4, "hexagon": 4}
     files = sorted(f.relative_to(tmp_path / "a") for f in (tmp_path / "a").rglob("*.*"))
     assert len(files) == 9  # 8 images + labels.csv

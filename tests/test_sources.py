@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import subprocess
 import sys
@@ -23,10 +24,10 @@ from image_folders import (
 )
 from PIL import Image
 
-from cnnpipe.core import params, preprocess
+from cnnpipe.core import dataset, params, preprocess
 from cnnpipe.core.dataset import LABELS_FILE, read_spec, read_split
+from cnnpipe.data import parallel, sources
 from cnnpipe.data import report as datareport
-from cnnpipe.data import sources
 
 
 def test_digits_are_scikit_learns_1797_images_with_their_labels(tmp_path):
@@ -59,25 +60,32 @@ def test_a_folder_keeps_every_readable_image_and_skips_the_rest(tmp_path):
     assert "truncated" in skipped["fish/truncated.png"]
     assert preprocess.FORMAT_NAMES in skipped["fish/netpbm.ppm"]  # Pillow reads it; we do not
     assert "class folder" in skipped["README.txt"]
-    with open(out / LABELS_FILE, newline="") as f:
-        rows = list(csv.DictReader(f))
+    # Read in place: the raw folder holds the record, no image; the files are the folder's.
+    assert sorted(p.name for p in out.iterdir()) == [dataset.FOLDER_FILE, LABELS_FILE]
+    assert dataset.image_folder(out) == root
+    rows = dataset.read_raw_table(out / LABELS_FILE)
     assert len(rows) == 13
     for row in rows:
-        name = Path(row["file"]).relative_to(f"images/{row['label']}").as_posix()
-        original = root / row["label"] / name
-        assert (out / row["file"]).read_bytes() == original.read_bytes()  # copied as is
-        assert preprocess.load(out / row["file"], 32, 3).shape == (3, 32, 32)
+        assert row.file.startswith(f"{row.label}/")
+        data = (root / row.file).read_bytes()
+        assert row.md5 == hashlib.md5(data).hexdigest()
+        assert preprocess.load(root / row.file, 32, 3).shape == (3, 32, 32)
     assert (24, 48) in raw.sizes  # the EXIF-rotated JPEG, counted upright
     assert {"CMYK", "I;16", "P", "LA", "L"} <= set(raw.modes)
+    # The same rows, and the same bytes, on two processes, a few images a chunk.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(parallel, "CHUNK", 2)
+        again = sources.write_raw(folder_params(root), tmp_path / "again", processes=2)
+    assert (tmp_path / "again" / LABELS_FILE).read_bytes() == (out / LABELS_FILE).read_bytes()
+    assert again.skipped == raw.skipped
 
 
 def test_folder_images_become_their_class_colour(tmp_path):
     root = make_folder(tmp_path / "photos")
-    out = tmp_path / "raw"
-    raw = sources.write_raw(folder_params(root), out)
+    raw = sources.write_raw(folder_params(root), tmp_path / "raw")
     for label, channel in [("cat", 0), ("fish", 2)]:
         for name in raw.files[label]:
-            pixels = preprocess.load(out / name, 8, 3).astype(int)
+            pixels = preprocess.load(root / name, 8, 3).astype(int)
             if pixels.std(axis=0).mean() > 5:  # colour images: their colour dominates
                 assert pixels[channel].mean() > pixels.mean() + 20, name
 
@@ -93,7 +101,7 @@ def test_the_data_report_counts_skips_and_sizes(tmp_path):
     assert report["sizes"]["width"] == {"min": 10, "median": 30.0, "max": 64}
     assert sum(s["images"] for s in report["sizes"]["most_common"]) <= 13
     json.dumps(report)
-    grid = datareport.sample_grid(tmp_path / "raw", raw, per_class=4, cell=32)
+    grid = datareport.sample_grid(dataset.image_folder(tmp_path / "raw"), raw, 4, cell=32)
     assert grid.height == 3 * 36 + 4 and grid.width > 4 * 36
     cells = np.asarray(grid)[4:36, -36:-4]
     assert cells.std() > 0  # an image was drawn in the last column
@@ -108,7 +116,7 @@ def test_the_same_image_in_two_classes_is_reported(tmp_path):
     assert report["duplicates_across_classes"] == [
         {
             "classes": ["cat", "dog"],
-            "files": ["images/cat/a.png", "images/cat/copy.png", "images/dog/copy-of-cat.png"],
+            "files": ["cat/a.png", "cat/copy.png", "dog/copy-of-cat.png"],
         }
     ]
 
@@ -189,15 +197,25 @@ def test_a_folder_runs_through_dvc_repro_end_to_end(workspace: Project, tmp_path
     report = json.loads((project.root / "metrics/generate/report.json").read_text())
     assert report["layout"] == "train/ + test/ (splits as given)"
     test = read_split(project.root / "data/processed", "test")
-    assert sorted(test.files) == sorted(
-        f"images/test/{label}/{k}.png" for label in GOOD for k in range(2)
-    )
+    assert sorted(test.files) == sorted(f"test/{label}/{k}.png" for label in GOOD for k in range(2))
     found = json.loads((project.root / "metrics/process/duplicates.json").read_text())
     assert found["groups_across_given_splits"] == 1
-    assert found["examples"][0]["files"] == [
-        "images/train/fish/leaked.png",
-        "images/test/fish/0.png",
-    ]
+    assert found["examples"][0]["files"] == ["train/fish/leaked.png", "test/fish/0.png"]
+    raw = project.root / "data/raw"
+    assert sorted(p.name for p in raw.iterdir()) == [dataset.FOLDER_FILE, LABELS_FILE]
+
+    # A teammate's clone without the folder: nothing whose only change is the missing folder
+    # runs; a stage that must decode it says which folder and what to do, in one line.
+    root.rename(tmp_path / "elsewhere")
+    assert stages_run(project.dvc("repro", "--allow-missing", "process").stdout) == []
+    edited = project.params()
+    edited["process"]["seed"] = 1
+    project.write_params(edited)
+    result = project.run(*dvc, "repro", "--allow-missing", "process", check=False)
+    assert "Running stage 'check'" in result.stdout and stages_run(result.stdout) == ["process"]
+    ours = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(ours) == 1 and f"read from the folder {str(root)!r}, which is not here" in ours[0]
+    assert "`dvc pull` it" in ours[0] and "set generate.folder to your copy" in ours[0]
 
 
 def test_the_generate_stage_imports_neither_torch_nor_mlflow():

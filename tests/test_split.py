@@ -1,9 +1,11 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from cnnpipe.core import dataset, params
 from cnnpipe.core.errors import CnnpipeError
-from cnnpipe.data import sources, split
+from cnnpipe.data import parallel, sources, split
 
 
 def split_params(**kw):
@@ -143,12 +145,45 @@ def test_copies_and_near_duplicates_are_found_and_reported_across_given_splits(t
     assert report["groups"] == 2 and report["groups_across_given_splits"] == 1
     across = report["examples"][0]
     assert across["across_given_splits"] == ["test", "train"]
-    assert across["files"] == ["images/train/cat/0.png", "images/test/cat/resized-copy.jpg"]
+    assert across["files"] == ["train/cat/0.png", "test/cat/resized-copy.jpg"]
     same = report["examples"][1]
     assert len(same["splits"]) == 1 and same["files"][1].endswith("same-file.png")
     assert done.resolved == {"channels": 3, "image_size": 32}
     test = dataset.read_split(tmp_path / "out", "test")
-    assert len(test.labels) == 7 and all("/test/" in f for f in test.files)
+    assert len(test.labels) == 7 and all(f.startswith("test/") for f in test.files)
+
+    # Two processes, a few images a chunk (the confirmation of the pairs included): the same
+    # bytes.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(parallel, "CHUNK", 3)
+        again = split.write_processed(
+            tmp_path / "raw", tmp_path / "again", params.ProcessParams(), "lenet5", processes=2
+        )
+    assert again == done
+    assert contents(tmp_path / "again") == contents(tmp_path / "out")
+
+
+def contents(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_the_images_are_decoded_where_the_folder_is_and_must_be_there(tmp_path):
+    from image_folders import folder_params, make_split_folder
+
+    root = make_split_folder(tmp_path / "photos", {"train": 4, "test": 2})
+    sources.write_raw(folder_params(root), tmp_path / "raw")
+    process = params.ProcessParams()
+    (root / "train" / "dog" / "1.png").write_bytes((root / "train" / "dog" / "2.png").read_bytes())
+    with pytest.raises(CnnpipeError) as caught:
+        split.write_processed(tmp_path / "raw", tmp_path / "out", process, "lenet5")
+    expected = f"{root / 'train' / 'dog' / '1.png'} changed after the generate stage read it"
+    assert str(caught.value) == f"{expected}; run dvc repro again"
+    root.rename(tmp_path / "moved")
+    with pytest.raises(CnnpipeError) as caught:
+        split.write_processed(tmp_path / "raw", tmp_path / "out", process, "lenet5")
+    message = str(caught.value)
+    assert f"read from the folder {str(root)!r}, which is not here" in message
+    assert "`dvc pull` it" in message and "set generate.folder to your copy" in message
 
 
 def test_the_bundled_sources_have_no_false_duplicates(tmp_path):

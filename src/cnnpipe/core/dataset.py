@@ -1,9 +1,10 @@
 """The data passed between stages, and the record of what a model takes.
 
-Raw data (generate): the images under `images/` and `labels.csv`, one row per image (RawImage):
-its file, class and given split (a folder with train/, val/, test/; empty otherwise), and what the
-process stage decides the splits and the `auto` params with (md5, size, colour, perceptual
-hashes).
+Raw data (generate): `labels.csv`, one row per image (RawImage): its file, class and given split
+(a folder with train/, val/, test/; empty otherwise), and what the process stage decides the
+splits and the `auto` params with (md5, size, colour, perceptual hashes). Generated images are
+PNGs under `images/`, and a row's file is relative to the raw folder; a folder source is read in
+place (`folder.json` names it), and a row's file is relative to that folder (see image_folder).
 Processed data (process): per split a CSV (file, label), `<split>_images.npy` (uint8,
 N x C x H x W) and `<split>_labels.npy` (int64), and `meta.json`: the InputSpec of every model
 trained on it, with the images per class in each split. No stage after process decodes an image.
@@ -25,6 +26,7 @@ from cnnpipe.core.errors import CnnpipeError
 
 LABELS_FILE = "labels.csv"
 IMAGES_DIR = "images"
+FOLDER_FILE = "folder.json"  # in the raw folder when its images are read in place
 SPLITS = ("train", "val", "test")
 META_FILE = "meta.json"
 # Every class needs one image in each split.
@@ -101,6 +103,29 @@ def read_raw_table(path: Path) -> list[RawImage]:
         values["colour"] = values.get("colour", "0") == "1"
         images.append(RawImage(**values))
     return images
+
+
+def write_folder(raw: Path, folder: str) -> None:
+    """Record that the images of raw's labels.csv are read in place from `folder` (a path as
+    generate.folder gives it: absolute, or relative to the project root)."""
+    (raw / FOLDER_FILE).write_text(json.dumps({"folder": folder}) + "\n")
+
+
+def image_folder(raw: Path) -> Path:
+    """Where the files of raw's labels.csv are: the image folder they were read in place from,
+    or raw itself (generated images). A folder that is not here (a clone that has only what DVC
+    pulled) stops with one line naming it and the fix."""
+    record = raw / FOLDER_FILE
+    if not record.exists():
+        return raw
+    folder = json.loads(record.read_text())["folder"]
+    if not Path(folder).is_dir():
+        raise CnnpipeError(
+            f"the images of {raw / LABELS_FILE} are read from the folder {folder!r}, which is "
+            "not here; get it (`dvc pull` it if the project tracks it with DVC), or set "
+            "generate.folder to your copy of it, then run dvc repro"
+        )
+    return Path(folder)
 
 
 def read_labels(path: Path) -> tuple[list[str], list[str]]:

@@ -14,13 +14,15 @@ chunks of the hash, so only images sharing a chunk are compared.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from cnnpipe.core import preprocess
 from cnnpipe.core.dataset import RawImage
+from cnnpipe.data.parallel import Pool
 
 MAX_BITS = 4  # of 64, in each of the two hashes
 # Mean absolute difference of the standardised pixels at CONFIRM_SIZE: a resized and re-encoded
@@ -68,15 +70,20 @@ def candidate_pairs(phash: np.ndarray, dhash: np.ndarray) -> Iterator[tuple[int,
                         yield pair
 
 
-def _thumbnail(path: Path) -> np.ndarray:
-    pixels = preprocess.load(path, CONFIRM_SIZE, 1).astype(np.float32)
-    return (pixels - pixels.mean()) / max(float(pixels.std()), 1.0)
+def _thumbnails(root: Path, files: Sequence[str]) -> np.ndarray:
+    """Standardised CONFIRM_SIZE px grey copies of the files under root, (N, 1, size, size)."""
+    found = np.empty((len(files), 1, CONFIRM_SIZE, CONFIRM_SIZE), dtype=np.float32)
+    for n, file in enumerate(files):
+        pixels = preprocess.load(root / file, CONFIRM_SIZE, 1).astype(np.float32)
+        found[n] = (pixels - pixels.mean()) / max(float(pixels.std()), 1.0)
+    return found
 
 
-def groups(images: list[RawImage], raw: Path) -> list[list[int]]:
+def groups(images: list[RawImage], folder: Path, pool: Pool | None = None) -> list[list[int]]:
     """The groups (two images or more, indices into `images`, each sorted, in order of their
     first member) of identical files and confirmed near-duplicates; images of unknown hashes
-    join only groups of identical files."""
+    join only groups of identical files. The files are under `folder` (see
+    cnnpipe.core.dataset.image_folder); the candidates' pixels are decoded on `pool`."""
     parent = list(range(len(images)))
 
     def root(i: int) -> int:
@@ -99,18 +106,18 @@ def groups(images: list[RawImage], raw: Path) -> list[list[int]]:
     hashed = [i for i, image in enumerate(images) if image.phash and image.dhash]
     phash = _as_int([images[i].phash for i in hashed])
     dhash = _as_int([images[i].dhash for i in hashed])
-    thumbnails: dict[int, np.ndarray] = {}
-
-    def thumbnail(i: int) -> np.ndarray:
-        if i not in thumbnails:
-            thumbnails[i] = _thumbnail(raw / images[i].file)
-        return thumbnails[i]
-
-    for a, b in candidate_pairs(phash, dhash):
-        i, j = hashed[a], hashed[b]
+    pairs = [(hashed[a], hashed[b]) for a, b in candidate_pairs(phash, dhash)]
+    # Every image of a pair not already one file; some may not be needed once earlier pairs
+    # have joined their groups, but decoding them all at once spreads over the workers.
+    needed = sorted({i for pair in pairs if root(pair[0]) != root(pair[1]) for i in pair})
+    decode = functools.partial(_thumbnails, folder)
+    files = [images[i].file for i in needed]
+    work = (pool or Pool(1)).map(decode, files, "process: near-duplicates confirmed")
+    thumbnails = dict(zip(needed, (t for chunk in work for t in chunk), strict=True))
+    for i, j in pairs:
         if root(i) == root(j):
             continue
-        if float(np.abs(thumbnail(i) - thumbnail(j)).mean()) < MAX_DIFFERENCE:
+        if float(np.abs(thumbnails[i] - thumbnails[j]).mean()) < MAX_DIFFERENCE:
             join(i, j)
     members: dict[int, list[int]] = {}
     for i in range(len(images)):

@@ -1,8 +1,13 @@
 """The process stage's work: a stratified train/val/test split of the raw images, each converted
-once into uint8 arrays (see cnnpipe.core.dataset for the layout). Imports no torch."""
+once into uint8 arrays (see cnnpipe.core.dataset for the layout), in chunks over all cores
+(cnnpipe.data.parallel) and written in order, so the bytes do not depend on the number of
+processes. Imports no torch."""
 
 from __future__ import annotations
 
+import functools
+import hashlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +20,7 @@ from cnnpipe.core.dataset import (
     SPLITS,
     InputSpec,
     RawImage,
+    image_folder,
     read_raw_table,
     write_labels,
     write_meta,
@@ -23,6 +29,8 @@ from cnnpipe.core.errors import CnnpipeError
 from cnnpipe.core.params import AUTO, ProcessParams
 from cnnpipe.core.stage import progress
 from cnnpipe.data import duplicates
+from cnnpipe.data.folder import read_file
+from cnnpipe.data.parallel import Pool
 
 # process.channels: auto is colour when at least this share of the images carries colour
 COLOUR_SHARE = 0.05
@@ -175,57 +183,126 @@ def duplicates_report(
     }
 
 
+def _convert_chunk(
+    root: Path, size: int, channels: int, chunk: Sequence[tuple[str, str]]
+) -> np.ndarray:
+    """The images of (file, md5) pairs under root as one uint8 array (N, C, size, size), each
+    file checked against the md5 generate recorded: a folder read in place may have changed
+    since."""
+    out = np.empty((len(chunk), channels, size, size), dtype=np.uint8)
+    for n, (file, md5) in enumerate(chunk):
+        path = root / file
+        try:
+            data = read_file(path)
+        except OSError as exc:
+            raise CnnpipeError(
+                f"{path} cannot be read ({exc.strerror}); it is listed in the raw labels.csv: "
+                "run dvc repro (the generate stage lists the images again)"
+            ) from None
+        if md5 and hashlib.md5(data).hexdigest() != md5:
+            raise CnnpipeError(
+                f"{path} changed after the generate stage read it; run dvc repro again"
+            )
+        try:
+            out[n] = preprocess.load(data, size, channels)
+        except preprocess.ImageError as exc:
+            raise CnnpipeError(f"{path}: {exc}") from None
+    return out
+
+
+def _write_images(path: Path, shape: tuple[int, ...], chunks: Iterator[np.ndarray]) -> None:
+    """A .npy file of uint8 images written chunk by chunk as they come (the header that
+    np.save would write, then the rows): neither the whole array nor a map of it is held."""
+    with open(path, "wb") as f:
+        header = {"descr": "|u1", "fortran_order": False, "shape": shape}
+        np.lib.format.write_array_header_1_0(f, header)
+        for chunk in chunks:
+            f.write(chunk.tobytes())
+
+
 def write_processed(
-    raw: Path, out: Path, params: ProcessParams, model: str, bundled: bool = False
+    raw: Path,
+    out: Path,
+    params: ProcessParams,
+    model: str,
+    bundled: bool = False,
+    processes: int | None = None,
 ) -> Processed:
     """Split the raw dataset and write each split's CSV and uint8 arrays under `out`, `auto`
-    params resolved for `model` (and for a `bundled` source: see input_shape)."""
+    params resolved for `model` (and for a `bundled` source: see input_shape), on `processes`
+    processes (default: every core, see cnnpipe.data.parallel)."""
     if not (raw / LABELS_FILE).exists():
         raise CnnpipeError(
             f"{raw / LABELS_FILE}: not found; run the generate stage first (dvc repro generate)"
         )
     images = read_raw_table(raw / LABELS_FILE)
+    root = image_folder(raw)
     files, labels = [i.file for i in images], [i.label for i in images]
     channels, size = input_shape(params, images, model, bundled)
     classes = sorted(set(labels))
     index_of = {name: i for i, name in enumerate(classes)}
-    groups = duplicates.groups(images, raw)
-    splits = split_indices(labels, params, groups, [i.split for i in images])
     out.mkdir(parents=True, exist_ok=True)
-    shape = (channels, size, size)
     counts: dict[str, dict[str, int]] = {}
-    for name, indices in splits.items():
-        array = np.lib.format.open_memmap(
-            out / f"{name}_images.npy", mode="w+", dtype=np.uint8, shape=(len(indices), *shape)
-        )
-        for n, i in enumerate(indices):
-            array[n] = preprocess.load(raw / files[i], size, channels)
-            if (n + 1) % 5000 == 0:
-                progress(f"process: {name}: {n + 1}/{len(indices)} images")
-        array.flush()
-        del array
-        split_labels = np.array([index_of[labels[i]] for i in indices], dtype=np.int64)
-        np.save(out / f"{name}_labels.npy", split_labels)
-        write_labels(out / f"{name}.csv", [(files[i], labels[i]) for i in indices])
-        counts[name] = {c: int((split_labels == k).sum()) for k, c in enumerate(classes)}
-        progress(f"process: {name}: {len(indices)} images")
-    mean, std = channel_stats(np.load(out / "train_images.npy", mmap_mode="r"))
+    stats = ChannelStats(channels)
+    with Pool(processes) as pool:
+        groups = duplicates.groups(images, root, pool)
+        splits = split_indices(labels, params, groups, [i.split for i in images])
+        convert = functools.partial(_convert_chunk, root, size, channels)
+        for name, indices in splits.items():
+            todo = [(files[i], images[i].md5) for i in indices]
+            chunks = pool.map(convert, todo, f"process: {name} images converted")
+            if name == "train":
+                chunks = stats.counted(chunks)
+            _write_images(out / f"{name}_images.npy", (len(indices), channels, size, size), chunks)
+            split_labels = np.array([index_of[labels[i]] for i in indices], dtype=np.int64)
+            np.save(out / f"{name}_labels.npy", split_labels)
+            write_labels(out / f"{name}.csv", [(files[i], labels[i]) for i in indices])
+            counts[name] = {c: int((split_labels == k).sum()) for k, c in enumerate(classes)}
+            progress(f"process: {name}: {len(indices)} images")
+    mean, std = stats.result()
     spec = InputSpec(classes=classes, image_size=size, channels=channels, mean=mean, std=std)
     write_meta(out, spec, counts)
     report = duplicates_report(images, groups, splits)
     return Processed(spec, counts, report, {"channels": channels, "image_size": size})
 
 
-def channel_stats(images: np.ndarray, chunk: int = 256) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of uint8 images scaled to [0, 1], read in chunks (small ones: each
-    holds two float64 copies of its images)."""
-    total = np.zeros(images.shape[1])
-    squares = np.zeros(images.shape[1])
-    for start in range(0, len(images), chunk):
-        block = images[start : start + chunk].astype(np.float64) / 255.0
-        total += block.sum(axis=(0, 2, 3))
-        squares += np.square(block).sum(axis=(0, 2, 3))
-    n = len(images) * images.shape[2] * images.shape[3]
-    mean = total / n
-    std = np.sqrt(np.maximum(squares / n - mean**2, 1e-12))
-    return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]
+class ChannelStats:
+    """Per-channel mean and std of uint8 images scaled to [0, 1], summed in blocks of BLOCK
+    images in order, however the images arrive, so the figures (meta.json) are the same bytes
+    for any chunking. Small blocks: each is held as two float64 copies."""
+
+    BLOCK = 256
+
+    def __init__(self, channels: int) -> None:
+        self.total = np.zeros(channels)
+        self.squares = np.zeros(channels)
+        self.pixels = 0
+        self._carry: np.ndarray | None = None
+
+    def add(self, images: np.ndarray) -> None:
+        if self._carry is not None and len(self._carry):
+            images = np.concatenate([self._carry, images])
+        whole = len(images) // self.BLOCK * self.BLOCK
+        for start in range(0, whole, self.BLOCK):
+            self._sum(images[start : start + self.BLOCK])
+        self._carry = images[whole:].copy()
+
+    def counted(self, chunks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+        """The chunks, each added on its way through."""
+        for chunk in chunks:
+            self.add(chunk)
+            yield chunk
+
+    def _sum(self, block: np.ndarray) -> None:
+        scaled = block.astype(np.float64) / 255.0
+        self.total += scaled.sum(axis=(0, 2, 3))
+        self.squares += np.square(scaled).sum(axis=(0, 2, 3))
+        self.pixels += len(block) * block.shape[2] * block.shape[3]
+
+    def result(self) -> tuple[list[float], list[float]]:
+        if self._carry is not None and len(self._carry):
+            self._sum(self._carry)
+            self._carry = None
+        mean = self.total / self.pixels
+        std = np.sqrt(np.maximum(self.squares / self.pixels - mean**2, 1e-12))
+        return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]
