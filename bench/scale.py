@@ -38,11 +38,13 @@ from pathlib import Path
 
 import yaml
 
-from cnnpipe.core import params
-from cnnpipe.core.dataset import LABELS_FILE
-from cnnpipe.data.parallel import PROCESSES_ENV
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))  # this checkout's code, as the stage scripts get it
+
+from cnnpipe.core import params  # noqa: E402
+from cnnpipe.core.dataset import LABELS_FILE  # noqa: E402
+from cnnpipe.data.parallel import PROCESSES_ENV  # noqa: E402
+
 OUTPUT = {"generate": "data/raw", "process": "data/processed", "train": "models"}
 
 
