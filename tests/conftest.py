@@ -281,11 +281,29 @@ def run_stage(name: str, params: dict, cwd: Path, *paths: str) -> subprocess.Com
     )
 
 
+# the longest modules (their experiments): each starts first in its group, so as not to end last
+LONGEST = ("test_queue.py", "test_experiments.py")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Modules with end-to-end tests first, so that spread over pytest-xdist's workers (a module
-    at a time, in this order) the long ones start at once and the quick ones fill in the end."""
+    at a time, in this order) the long ones start at once and the quick ones fill in the end:
+    the longest first; next those that do not need the shared `reproduced` project, which the
+    first process builds meanwhile; then the other end-to-end ones, the longest first."""
     e2e = {item.path for item in items if item.get_closest_marker("e2e")}
-    items.sort(key=lambda item: item.path not in e2e)
+    needs = {item.path for item in items if "reproduced" in getattr(item, "fixturenames", ())}
+
+    def rank(item: pytest.Item) -> tuple[int, int]:
+        name = item.path.name
+        if item.path not in e2e:
+            return (3, 0)
+        if name == LONGEST[0]:
+            return (0, 0)
+        if item.path not in needs:
+            return (1, 0)
+        return (2, LONGEST.index(name) if name in LONGEST else len(LONGEST))
+
+    items.sort(key=rank)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -312,13 +330,25 @@ def mlflow_uri_restored() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def reproduced(tmp_path_factory) -> Project:
+def reproduced(tmp_path_factory, worker_id: str) -> Project:
     """The project with tiny params after `dvc repro` (committed, dvc.lock included). Read it
-    only: tests that change things work in a `workspace`."""
-    base = tmp_path_factory.mktemp("reproduced")
-    project = copy_project(base / "repo", base, tiny_params())
-    project.repro_output = project.dvc("repro").stdout
-    project.commit("reproduced")
+    only: tests that change things work in a `workspace`. One for the whole run: the first
+    pytest-xdist process to need it builds it, under a file lock, and the others wait for it
+    (building one per process cost each ~40 s of CPU that the other processes needed)."""
+    from filelock import FileLock
+
+    temp = tmp_path_factory.getbasetemp()
+    shared = temp if worker_id == "master" else temp.parent
+    base, output = shared / "reproduced", shared / "reproduced-output.txt"
+    with FileLock(str(shared / "reproduced.lock")):
+        if not output.exists():
+            shutil.rmtree(base, ignore_errors=True)  # a build a killed process left
+            project = copy_project(base / "repo", base, tiny_params())
+            stdout = project.dvc("repro").stdout
+            project.commit("reproduced")
+            output.write_text(stdout)
+    project = Project(base / "repo", base)
+    project.repro_output = output.read_text()
     return project
 
 

@@ -27,7 +27,7 @@ def wait_for_queue(project: Project, timeout: float = 600) -> str:
         status = project.dvc("queue", "status").stdout
         if "Queued" not in status and "Running" not in status:
             return status
-        time.sleep(2)
+        time.sleep(5)  # each `dvc queue status` costs a second of CPU the experiment needs
     raise AssertionError(f"the queue did not finish:\n{status}")
 
 
@@ -68,6 +68,8 @@ def test_runs_carry_the_evaluation_and_the_model(copies):
         "evaluation/confusion_matrix.png",
         "evaluation/misclassified.png",
         "evaluation/per_class.json",
+        "evaluation/reliability.png",
+        "evaluation/gradcam.png",
     }
     # the package stage registered the experiment's model from its run, in the project's store
     (version,) = client.search_model_versions(f"run_id = '{run.info.run_id}'")
