@@ -406,7 +406,9 @@ def test_decoding_stops_when_the_client_leaves(server):
     workers = psutil.Process(server.process.pid).children(recursive=True)
     before = cpu_seconds(workers)
     time.sleep(1.5)
-    assert cpu_seconds(workers) - before < 0.3  # idle: nothing left decoding
+    # idle: decoding one of these images keeps a core busy for over a second; half a core
+    # leaves room for a loaded machine's housekeeping
+    assert cpu_seconds(workers) - before < 0.75
 
 
 def test_serve_without_the_model_fails_with_one_line(tmp_path):

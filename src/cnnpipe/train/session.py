@@ -6,6 +6,7 @@ and its MLflow run is reopened, so both read as those of an uninterrupted run.""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -74,20 +75,21 @@ def train(
     freeze = p.freeze_epochs if starts_from_checkpoint(p) else 0
     states = _epoch_states(p, processed, model_file, rank)
     saved = states.load() if states else None
+    train_model = functools.partial(
+        fit,
+        model,
+        train_split,
+        val,
+        spec.mean,
+        spec.std,
+        p,
+        device,
+        rank=rank,
+        freeze_epochs=freeze,
+        resume_from=saved,
+    )
     if not rank.is_main:  # rank 0 logs and writes for every process
-        fit(
-            model,
-            train_split,
-            val,
-            spec.mean,
-            spec.std,
-            p,
-            device,
-            rank=rank,
-            freeze_epochs=freeze,
-            save_state=states.save if states else None,
-            resume_from=saved,
-        )
+        train_model(save_state=states.save if states else None)
         return
     parameters = registry.count_parameters(model)
     where = f"{rank.world_size} processes on {device.type}" if rank.distributed else device
@@ -119,19 +121,9 @@ def train(
                 live.log_params({"recipe": p.model, **chosen})
                 for m in done:
                     _log_live(m, live)
-                model, result = fit(
-                    model,
-                    train_split,
-                    val,
-                    spec.mean,
-                    spec.std,
-                    p,
-                    device,
-                    lambda m: _log_epoch(m, p, live, run),
-                    rank,
-                    freeze,
-                    save_state if states else None,
-                    saved,
+                model, result = train_model(
+                    on_epoch=lambda m: _log_epoch(m, p, live, run),
+                    save_state=save_state if states else None,
                 )
                 live.summary.update(
                     best_epoch=result.best_epoch,
