@@ -12,6 +12,7 @@ logit, the energy score, and Mahalanobis distances of the model's features (see 
 
     python bench/calibration.py                                   # shapes:lenet5 digits:resnet18
     python bench/calibration.py --cases digits:lenet5 --keep /tmp/calibration
+    python bench/calibration.py --cases shapes:lenet5 --set train.epochs=1   # other params
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from quality import repro, scratch_copy, set_params  # noqa: E402
+from quality import add_set_argument, overrides, repro, scratch_copy, set_params  # noqa: E402
 
 from cnnpipe.core import preprocess  # noqa: E402
 from cnnpipe.core.dataset import read_split  # noqa: E402
@@ -134,7 +135,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", nargs="+", default=["shapes:lenet5", "digits:resnet18"])
     parser.add_argument("--keep", type=Path, help="keep the scratch projects under this folder")
+    add_set_argument(parser)
     args = parser.parse_args()
+    extra = overrides(args.set)
     cases = [case.split(":") for case in args.cases]
     base = Path(args.keep or tempfile.mkdtemp(prefix="cnnpipe-calibration-"))
     roots = {}
@@ -144,7 +147,7 @@ def main() -> None:
             shutil.rmtree(root)
         root.mkdir(parents=True)
         scratch_copy(root)
-        set_params(root, {"generate.source": source})
+        set_params(root, {"generate.source": source, **extra})
         repro(root, "process")
     rows = []
     for source, model in cases:

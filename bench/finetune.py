@@ -10,6 +10,7 @@ each run's test accuracy and the mean over seeds.
     python bench/finetune.py                                   # lenet5: shapes -> 20 digits/class
     python bench/finetune.py --model resnet18 --seeds 0 1 2
     python bench/finetune.py --small shapes --small-classes ellipse pentagon cross --per-class 60
+    python bench/finetune.py --seeds 0 --set train.epochs=1       # other params in every run
 """
 
 from __future__ import annotations
@@ -21,7 +22,15 @@ import tempfile
 from pathlib import Path
 from statistics import mean
 
-from quality import MODELS, repro, scratch_copy, set_params, training_record
+from quality import (
+    MODELS,
+    add_set_argument,
+    overrides,
+    repro,
+    scratch_copy,
+    set_params,
+    training_record,
+)
 
 from cnnpipe.core.dataset import IMAGES_DIR
 
@@ -49,13 +58,15 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=20)
     parser.add_argument("--small-classes", nargs="+", help="shapes of the small folder")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    add_set_argument(parser)
     args = parser.parse_args()
+    extra = overrides(args.set)
 
     base = Path(tempfile.mkdtemp(prefix="cnnpipe-finetune-"))
     root = base / "project"
     root.mkdir()
     scratch_copy(root)
-    set_params(root, {"generate.source": args.pretrain, "train.model": args.model})
+    set_params(root, {"generate.source": args.pretrain, "train.model": args.model, **extra})
     repro(root, "evaluate")
     before = json.loads((root / "metrics/evaluate/metrics.json").read_text())["test_accuracy"]
     checkpoint = base / "checkpoint.pt"

@@ -12,6 +12,7 @@ counts in each store that names it; in the total, once.
     python bench/package.py                                  # resnet18 and lenet5, this checkout
     python bench/package.py --repo /path/to/other/checkout   # another revision, as the baseline
     python bench/package.py --models lenet5 --rounds 3 --keep /tmp/package-bench
+    python bench/package.py --models lenet5 --set generate.images_per_class=20   # other params
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from quality import REPO, scratch_copy, set_params
+from quality import REPO, add_set_argument, overrides, scratch_copy, set_params
 
 STORES = ("DVC cache", "workspace", "BentoML", "MLflow")
 NOT_WORKSPACE = (".git", ".dvc", "mlruns", "mlflow.db")
@@ -76,7 +77,7 @@ def run(root: Path, env: dict, *command: str) -> tuple[float, int]:
     return seconds, usage.ru_maxrss * 1024
 
 
-def bench_model(model: str, repo: Path, base: Path, rounds: int) -> dict:
+def bench_model(model: str, repo: Path, base: Path, rounds: int, extra: dict[str, str]) -> dict:
     root, bentoml_home = base / model, base / f"{model}-bentoml"
     for path in (root, bentoml_home):
         shutil.rmtree(path, ignore_errors=True)
@@ -88,7 +89,7 @@ def bench_model(model: str, repo: Path, base: Path, rounds: int) -> dict:
     env |= {"GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@cnnpipe.invalid"}
     env.pop("MLFLOW_TRACKING_URI", None)
     dvc = (sys.executable, "-m", "dvc")
-    set_params(root, {"train.model": model, "train.epochs": "1"})
+    set_params(root, {"train.model": model, "train.epochs": "1", **extra})
     run(root, env, *dvc, "repro")
     run(root, env, "git", "add", "-A")
     run(root, env, "git", "commit", "-qm", "baseline")
@@ -112,9 +113,11 @@ def main() -> None:
     parser.add_argument("--repo", type=Path, default=REPO, help="the checkout to copy")
     parser.add_argument("--rounds", type=int, default=1, help="timed package runs (median)")
     parser.add_argument("--keep", type=Path, help="keep the scratch projects under this folder")
+    add_set_argument(parser)
     args = parser.parse_args()
+    extra = overrides(args.set)
     base = Path(args.keep or tempfile.mkdtemp(prefix="cnnpipe-package-"))
-    rows = [bench_model(m, args.repo.resolve(), base, args.rounds) for m in args.models]
+    rows = [bench_model(m, args.repo.resolve(), base, args.rounds, extra) for m in args.models]
     print(f"\n{args.repo.resolve()} (commit {_commit(args.repo)}), {args.rounds} timed run(s)")
     print(
         "| model | model MB | package s | peak RSS MB | DVC cache | workspace | BentoML | MLflow "

@@ -77,6 +77,20 @@ def repro(root: Path, target: str) -> float:
     return time.perf_counter() - started
 
 
+def add_set_argument(parser: argparse.ArgumentParser) -> None:
+    """`--set KEY=VALUE ...`: other params of every scratch project, on top of the defaults (a
+    quick run: `--set train.epochs=1 generate.images_per_class=20`)."""
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="other params")
+
+
+def overrides(items: list[str]) -> dict[str, str]:
+    """The `--set` items as set_params takes them."""
+    bad = [item for item in items if "=" not in item]
+    if bad:
+        raise SystemExit(f"--set {bad[0]}: give KEY=VALUE, e.g. train.epochs=1")
+    return dict(item.split("=", 1) for item in items)
+
+
 def training_record(root: Path) -> dict[str, float]:
     """The latest MLflow run's training figures."""
     with sqlite3.connect(root / "mlflow.db") as db:
@@ -92,10 +106,10 @@ def main() -> None:
     parser.add_argument("--sources", nargs="*", default=["shapes", "digits"])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--folder", type=Path, help="also an image folder (source: folder)")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="other params")
+    add_set_argument(parser)
     parser.add_argument("--keep", type=Path, help="keep the scratch projects under this folder")
     args = parser.parse_args()
-    extra = dict(item.split("=", 1) for item in args.set)
+    extra = overrides(args.set)
     sources = [(s, None) for s in args.sources]
     if args.folder:
         sources.append(("folder", args.folder.resolve()))
