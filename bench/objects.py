@@ -341,6 +341,11 @@ def main() -> None:
     parser.add_argument("--flat", action="store_true", help="class folders of training pictures")
     parser.add_argument("--leak", type=int, default=0, help="test pictures copied into train/")
     args = parser.parse_args()
+    if args.near_duplicates > args.objects * args.pictures:
+        parser.error(
+            f"--near-duplicates {args.near_duplicates}: a class has only "
+            f"{args.objects * args.pictures} training pictures to copy; give at most that many"
+        )
     train = args.folder if args.flat else args.folder / "train"
     write(train, args.objects, args.pictures, args.seed, 0, args.near_duplicates)
     if args.flat:
