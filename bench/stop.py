@@ -16,21 +16,21 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
+from scale import stage_command
 
 from cnnpipe.core import params
 
 REPO = Path(__file__).resolve().parents[1]
-TRAIN = ["data/processed", "models/model.pt", "metrics/train"]
 
 
-def stage(root: Path, name: str, *paths: str, wait: bool = True) -> subprocess.Popen:
-    command = [sys.executable, str(REPO / "stages" / f"{name}.py"), *paths]
+def stage(root: Path, name: str, wait: bool = True) -> subprocess.Popen:
+    """The stage's script run in root, with the paths dvc.yaml gives it."""
+    command = stage_command(name)
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO / "src"),
@@ -69,7 +69,7 @@ def children(pid: int) -> set[int]:
 
 def one_round(root: Path) -> tuple[float, bool, str]:
     before = contents(root)
-    launcher = stage(root, "train", *TRAIN, wait=False)
+    launcher = stage(root, "train", wait=False)
     for line in launcher.stdout:
         if "train: epoch 2/" in line:
             break
@@ -100,10 +100,10 @@ def main() -> None:
             (root / "params.yaml").write_text(yaml.safe_dump(params.parse(values).model_dump()))
 
         write({**settings, "train": {**settings["train"], "nproc": 1, "epochs": 1}})
-        stage(root, "check", "data/source.json")
-        stage(root, "generate", "data/source.json", "data/raw", "r.json", "s.png")
-        stage(root, "process", "data/raw", "data/processed", "split.json")
-        stage(root, "train", *TRAIN)  # a model and metrics that must survive every round
+        (root / "checkpoints").mkdir()  # the default train.init_from: from scratch
+        for name in ("check", "generate", "process"):
+            stage(root, name)
+        stage(root, "train")  # a model and metrics that must survive every round
         write(settings)
         for n in range(1, args.rounds + 1):
             seconds, unchanged, status = one_round(root)
