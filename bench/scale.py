@@ -176,6 +176,7 @@ def main() -> None:
         }
         (root / "params.yaml").write_text(yaml.safe_dump(params.parse(settings).model_dump()))
         (root / "data").mkdir()
+        (root / "checkpoints").mkdir()  # the default train.init_from: from scratch
         (root / "data" / "source.json").write_text('{"source": "shapes"}\n')
         arrays = args.images * args.channels * args.size**2 / 2**20
         print(
