@@ -16,6 +16,7 @@ values), two tables:
    rate is the median over the rounds, and its ratio is to the fastest.
 
     python bench/train.py [--rounds 5] [--images-per-class 400] [--models lenet5 resnet18]
+                          [--epochs N]    # N epochs for every case (default: 8 and 2)
     python bench/train.py --pieces            # 3. what each piece of the recipe for pictures costs
     python bench/train.py --resume            # 4. what saving the state each epoch costs
 
@@ -73,6 +74,12 @@ SETTINGS = {
     "- deterministic algorithms": (None, None, None, False),
     "fastest": ("machine", 0, True, False),
 }
+
+
+def cases(args: argparse.Namespace) -> list[tuple[str, int, int, int]]:
+    """The CASES of `--models`, each with its own epochs, or `--epochs` if given."""
+    chosen = [c for c in CASES if c[0] in args.models]
+    return [(m, size, ch, args.epochs or epochs) for m, size, ch, epochs in chosen]
 
 
 def prepare(root: Path, images_per_class: int) -> dict[tuple[int, int], Path]:
@@ -172,7 +179,7 @@ def compare_loops(args: argparse.Namespace, folders: dict) -> None:
         "| model | px | channels | epochs | threads | train stage img/s | bare loop img/s | ratio |"
     )
     print("|---|---|---|---|---|---|---|---|")
-    for name, size, channels, epochs in (c for c in CASES if c[0] in args.models):
+    for name, size, channels, epochs in cases(args):
         p = train_params(name, epochs, channels)
         stage, bare, ratios = [], [], []
         for round_ in range(args.rounds):
@@ -193,7 +200,7 @@ def compare_settings(args: argparse.Namespace, folders: dict) -> None:
     print(f"\n2. what the settings cost: the bare loop in child processes ({args.rounds} rounds)")
     print("| model | px | setting | kernels | threads | img/s | of the fastest |")
     print("|---|---|---|---|---|---|---|")
-    for name, size, channels, epochs in (c for c in CASES if c[0] in args.models):
+    for name, size, channels, epochs in cases(args):
         p = train_params(name, epochs, channels)
         rates: dict[str, list[float]] = {s: [] for s in SETTINGS}
         ran: dict[str, tuple[str, int]] = {}
@@ -227,7 +234,7 @@ def compare_pieces(args: argparse.Namespace, folders: dict) -> None:
     print(f"\n3. what each piece of the recipe for pictures costs ({args.rounds} rounds)")
     print("| model | px | piece | train stage img/s | without it | ratio |")
     print("|---|---|---|---|---|---|")
-    for name, size, channels, epochs in (c for c in CASES if c[0] in args.models):
+    for name, size, channels, epochs in cases(args):
         base = train_params(name, epochs, channels).model_copy(update={"flip": False})
         for piece, changes in PIECES.items():
             with_it = base.model_copy(update=changes)
@@ -252,7 +259,7 @@ def resume_cost(args: argparse.Namespace, folders: dict) -> None:
     print(f"\n4. what saving the state each epoch costs ({args.rounds} rounds)")
     print("| model | px | epochs | without img/s | with img/s | ratio | save s | state MB |")
     print("|---|---|---|---|---|---|---|---|")
-    for name, size, channels, epochs in (c for c in CASES if c[0] in args.models):
+    for name, size, channels, epochs in cases(args):
         p = train_params(name, epochs, channels)
         folder = folders[size, channels]
         states = resume.EpochStates(folder / "state" / "model.pt")
@@ -287,6 +294,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--images-per-class", type=int, default=400)
     parser.add_argument("--models", nargs="+", default=[c[0] for c in CASES])
+    parser.add_argument("--epochs", type=int, help="epochs of every case (default: its own)")
     parser.add_argument("--pieces", action="store_true", help="what each recipe piece costs")
     parser.add_argument("--resume", action="store_true", help="with vs without the epoch states")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
