@@ -1,0 +1,32 @@
+"""bench/smoke.py, the step of CI that runs every benchmark small: it has a command for every
+script of bench/, and a command that runs out of time goes with everything it started."""
+
+import os
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
+
+import smoke  # noqa: E402
+
+
+def test_every_benchmark_script_has_a_command() -> None:
+    assert smoke.unlisted() == []
+    for script, _, _ in smoke.COMMANDS:
+        assert (BENCH / f"{script}.py").is_file(), script
+
+
+def test_out_of_time_kills_what_the_command_started(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    command = ["bash", "-c", f"sleep 60 & echo $! > {pid_file}; wait"]
+    code, _ = smoke.run(command, 1, tmp_path / "log")
+    assert code is None
+    pid = int(pid_file.read_text())
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return
+    # killed, but perhaps not yet reaped by init: then it is a zombie
+    state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    assert state == "Z"
