@@ -5,8 +5,8 @@ with it); one that fails or runs out of time fails the whole, after the others h
 prints each command's seconds, and the end of the output of each one that failed.
 
 The commands run `--jobs` at a time (default: one per core), the longest first: most of their
-time is single-threaded (starting Python, importing torch, DVC), so two at a time on two cores
-take little more than half the time of one after the other.
+time is single-threaded (starting Python, importing torch, DVC), so one per core ends sooner than
+one after the other.
 
     python bench/smoke.py                  # every command
     python bench/smoke.py serve pages      # those of these scripts only
