@@ -4,6 +4,7 @@ training is killed on the way."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -28,11 +29,22 @@ pytestmark = pytest.mark.e2e
 
 
 def descendants(pid: int) -> list[int]:
+    """The processes below `pid`, parents before children; those that end meanwhile left out."""
     found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in map(int, (task / "children").read_text().split()):
-            found += [child, *descendants(child)]
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in map(int, (task / "children").read_text().split()):
+                found += [child, *descendants(child)]
+    except (FileNotFoundError, ProcessLookupError):
+        pass
     return found
+
+
+def cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return b""
 
 
 def killed_after(project: Project, line: str, *dvc_args: str) -> str:
@@ -50,12 +62,14 @@ def killed_after(project: Project, line: str, *dvc_args: str) -> str:
         for printed in dvc.stdout:
             lines.append(printed)
             if line in printed:
-                (stage,) = (
-                    pid
-                    for pid in descendants(dvc.pid)
-                    if b"stages/train.py" in Path(f"/proc/{pid}/cmdline").read_bytes()
-                )
-                os.kill(stage, signal.SIGKILL)
+                # The stage may be a shell and its python, and python may have children:
+                # stop them all first, so that none reacts to another's death, then kill.
+                stage = [pid for pid in descendants(dvc.pid) if b"stages/train.py" in cmdline(pid)]
+                assert stage, "".join(lines)
+                for signum in (signal.SIGSTOP, signal.SIGKILL):
+                    for pid in stage:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(pid, signum)
                 break
     finally:
         output = "".join(lines) + dvc.communicate()[0]
