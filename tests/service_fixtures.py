@@ -87,7 +87,7 @@ def stored_model(base: Path) -> dict:
     )
     graph = export.export_onnx(model, card, base / "model.pt", TEMPERATURE)
     (base / "model.onnx").write_bytes(graph)
-    difference = export.max_difference(
+    difference, _ = export.max_difference(
         base / "model.onnx", model, card, test.images, temperature=TEMPERATURE
     )
     tag = packaging.store_model(

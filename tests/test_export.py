@@ -45,4 +45,4 @@ def test_every_architecture_exports_and_matches_torch(arch, size, channels, tmp_
     assert path.stat().st_size < (tmp_path / files.MODEL_FILE).stat().st_size / 10
     images = np.random.default_rng(0).integers(0, 256, (9, channels, size, size), dtype=np.uint8)
     for batch in (images[:1], images):  # the batch dimension is dynamic
-        assert export.max_difference(path, model, spec, batch) <= 1e-5
+        assert export.max_difference(path, model, spec, batch) == (pytest.approx(0, abs=1e-5), 0)
