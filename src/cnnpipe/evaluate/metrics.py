@@ -27,7 +27,7 @@ class Evaluation:
     per_class: list[dict]  # one record per class: precision, recall, f1, support
     probabilities: np.ndarray  # calibrated, softmax(logits / the card's temperature)
     uncalibrated: np.ndarray  # softmax(logits)
-    distance: np.ndarray | None  # to the nearest class, where the model has feature statistics
+    distance: np.ndarray | None = None  # to the nearest class, with feature statistics
 
 
 def evaluate(
