@@ -60,7 +60,8 @@ def test_repro_runs_every_stage_and_writes_every_output(reproduced: Project):
     assert model["temperature"] > 0 and 0 <= model["threshold"] < 1
     assert model["target_coverage"] == 0.97
     # the distance rule: fitted on the train split, its threshold and layers in the card
-    assert model["distance_threshold"] > 0 and model["feature_layers"] == ["features.0", "features.3"]
+    assert model["distance_threshold"] > 0
+    assert model["feature_layers"] == ["features.0", "features.3"]
     lock = yaml.safe_load((root / "dvc.lock").read_text())
     (processed,) = [o for o in lock["stages"]["process"]["outs"] if o["path"] == "data/processed"]
     assert model["data_hash"] == processed["md5"]
