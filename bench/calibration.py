@@ -4,11 +4,14 @@ pictures of the other source it refuses.
 
 For each case SOURCE:MODEL it reproduces evaluate with only `generate.source` and `train.model`
 set, and prints from metrics/evaluate the test ECE (15 bins) and NLL without and with the
-temperature, and the coverage and selective accuracy at the threshold. Then it runs
-`cnnpipe predict --model models/model.pt` on the other source's test images (digits for a shapes
-model, shapes for a digits model) and counts the answers "unknown". For comparison it also
-prints the share refused by other scores at the same coverage of validation images: the largest
-logit, the energy score, and Mahalanobis distances of the model's features (see other_scores).
+temperature, the thresholds, and the coverage and selective accuracy under both "unknown"
+rules with the share of test images each refused. Then it runs `cnnpipe predict --model
+models/model.pt` on the other source's test images (digits for a shapes model, shapes for a
+digits model) and counts the answers "unknown", and of those "unfamiliar" (the distance rule)
+and "unsure" (the confidence rule alone). For comparison it also prints the share refused by
+single scores at the whole coverage of validation images: the largest logit, the energy score,
+and Mahalanobis distances of the model's features (see other_scores; the product's distance is
+the second of these, with Ledoit-Wolf shrinkage, sharing the refusals with the confidence).
 
     python bench/calibration.py                                   # shapes:lenet5 digits:resnet18
     python bench/calibration.py --cases digits:lenet5 --keep /tmp/calibration
@@ -47,8 +50,9 @@ def test_files(root: Path) -> list[Path]:
         return [root / "data/raw" / row["file"] for row in csv.DictReader(f)]
 
 
-def refused_by_cnnpipe_predict(root: Path, files: list[Path]) -> float:
-    """The share of `files` that `cnnpipe predict` answers "unknown" with root's model.pt."""
+def refused_by_cnnpipe_predict(root: Path, files: list[Path]) -> tuple[float, float, float]:
+    """The share of `files` that `cnnpipe predict` answers "unknown" with root's model.pt, and
+    the shares refused as "unfamiliar" (far from every class) and as "unsure"."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     command = [sys.executable, "-c", "from cnnpipe.cli import main; main()", "predict"]
     out = root / "ood.json"
@@ -62,7 +66,12 @@ def refused_by_cnnpipe_predict(root: Path, files: list[Path]) -> float:
     if result.returncode != 0:
         raise SystemExit(f"cnnpipe predict failed: {result.stderr[-2000:]}")
     rows = json.loads(out.read_text())
-    return sum(row["label"] is None for row in rows) / len(rows)
+    kinds = [row.get("refusal") for row in rows]
+    return (
+        sum(row["label"] is None for row in rows) / len(rows),
+        kinds.count("unfamiliar") / len(rows),
+        kinds.count("unsure") / len(rows),
+    )
 
 
 def mahalanobis_score(train: np.ndarray, labels: np.ndarray, classes: int):
@@ -160,19 +169,23 @@ def main() -> None:
         strangers = test_files(roots[other])
         refused = refused_by_cnnpipe_predict(root, strangers)
         rows.append((source, model, m, card, other, refused, other_scores(root, strangers)))
-        print(f"calibration: {source} {model}: {m} refused {refused:.3f}", flush=True)
+        print(f"calibration: {source} {model}: {m} refused {refused}", flush=True)
     print(
         "\n| data | model | T | test ECE before / after | test NLL before / after | threshold "
-        "| test coverage | selective accuracy | accuracy | refused of the other source |"
+        "| distance threshold | test coverage | test refused unsure / unfamiliar "
+        "| selective accuracy | accuracy | refused of the other source (unfamiliar / unsure) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for source, model, m, card, other, refused, _ in rows:
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for source, model, m, card, other, (refused, far, unsure), _ in rows:
+        limit = f"{card.distance_threshold:.2f}" if card.distance_threshold is not None else "-"
         print(
             f"| {source} | {model} | {card.temperature:.3f} | {m['test_ece_uncalibrated']:.4f} / "
             f"{m['test_ece']:.4f} | {m['test_nll_uncalibrated']:.4f} / {m['test_nll']:.4f} | "
-            f"{card.threshold:.3f} | {m['test_coverage']:.4f} | "
+            f"{card.threshold:.3f} | {limit} | {m['test_coverage']:.4f} | "
+            f"{m.get('test_refused_unsure', float('nan')):.4f} / "
+            f"{m.get('test_refused_unfamiliar', float('nan')):.4f} | "
             f"{m['test_selective_accuracy']:.4f} | {m['test_accuracy']:.4f} | {other}: "
-            f"{refused:.3f} |"
+            f"{refused:.3f} ({far:.3f} / {unsure:.3f}) |"
         )
     names = list(rows[0][6]) if rows else []
     print("\nOther scores at the same coverage of validation images: test coverage / refused")

@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from cnnpipe.core.dataset import InputSpec, image_folder  # noqa: E402
-from cnnpipe.model import checkpoint, export, files, registry  # noqa: E402
+from cnnpipe.model import checkpoint, export, familiarity, files, registry  # noqa: E402
 from cnnpipe.serve import packaging  # noqa: E402
 
 
@@ -78,15 +78,16 @@ def package(path: Path, version: str, images: list[bytes], workdir: Path) -> str
     """Store the model as the package stage does: ONNX export checked against torch."""
     from cnnpipe.core import preprocess
 
-    model, card, _ = checkpoint.load(path)
+    model, card, data = checkpoint.load(path)
+    statistics = familiarity.from_checkpoint(data)
     pixels = np.stack([preprocess.load(b, card.image_size, card.channels) for b in images])
     folder = workdir / version  # a packaged model: the checkpoint and the graph beside it
     folder.mkdir(exist_ok=True)
     files.place(path, folder / files.MODEL_FILE)
-    graph = export.export_onnx(model, card, folder / files.MODEL_FILE, card.temperature)
+    graph = export.export_onnx(model, card, folder / files.MODEL_FILE, card.temperature, statistics)
     (folder / files.ONNX_FILE).write_bytes(graph)
-    difference = export.max_difference(
-        folder / files.ONNX_FILE, model, card, pixels, temperature=card.temperature
+    difference, _ = export.max_difference(
+        folder / files.ONNX_FILE, model, card, pixels, 256, card.temperature, statistics
     )
     assert difference <= 1e-5, f"the ONNX export differs from torch by {difference}"
     metadata = card.model_dump(exclude_none=True)

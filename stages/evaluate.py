@@ -18,7 +18,7 @@ from cnnpipe.core import params, stage
 from cnnpipe.core.dataset import read_split
 from cnnpipe.core.outputs import atomic_path, write_json
 from cnnpipe.evaluate import figures, metrics
-from cnnpipe.model import checkpoint
+from cnnpipe.model import checkpoint, familiarity
 from cnnpipe.model.inference import select_device
 from cnnpipe.tracking import Run
 
@@ -27,9 +27,10 @@ FIGURES = ("confusion_matrix", "misclassified", "reliability", "gradcam")
 
 def main(processed: Path, model_file: Path, out: Path) -> None:
     p = params.load().evaluate
-    model, card, _ = checkpoint.load(model_file)
+    model, card, data = checkpoint.load(model_file)
     test = read_split(processed, "test")
-    result = metrics.evaluate(model, test, card, select_device("auto"), p.batch_size)
+    statistics = familiarity.from_checkpoint(data)
+    result = metrics.evaluate(model, test, card, select_device("auto"), p.batch_size, statistics)
     names = card.classes
 
     with atomic_path(out) as tmp:
@@ -58,7 +59,8 @@ def main(processed: Path, model_file: Path, out: Path) -> None:
     for name in (*(f"images/{image}.png" for image in FIGURES), "per_class.json"):
         run.log_artifact(out / "plots" / name, "evaluation")
     summary = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
-    summary += f" (at the threshold {card.threshold:.3f}, temperature {card.temperature:.3f})"
+    far = f", distance {card.distance_threshold:.2f}" if statistics is not None else ""
+    summary += f" (at the threshold {card.threshold:.3f}{far}, temperature {card.temperature:.3f})"
     stage.progress(f"evaluate: {summary}; {wrong} of {len(test.labels)} misclassified -> {out}")
 
 

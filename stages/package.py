@@ -24,12 +24,14 @@ from cnnpipe.core.dataset import read_split
 from cnnpipe.core.errors import CnnpipeError
 from cnnpipe.core.outputs import atomic_path, scratch_dir
 from cnnpipe.core.project import git_revision
-from cnnpipe.model import checkpoint, export, files
+from cnnpipe.model import checkpoint, export, familiarity, files
 from cnnpipe.serve import packaging, record
 from cnnpipe.tracking import REGISTERED_MODEL, Run
 
-# class probabilities of the export may differ from torch's by float rounding, not more
+# class probabilities of the export may differ from torch's by float rounding, not more; so
+# may its distances to the nearest class (relative to the distance)
 MAX_ONNX_DIFFERENCE = 1e-5
+MAX_ONNX_DISTANCE_DIFFERENCE = 1e-4
 
 
 def main(
@@ -42,7 +44,8 @@ def main(
 ) -> None:
     p = params.load().package
     model_hash = checkpoint.file_hash(model_file)
-    model, card, _ = checkpoint.load(model_file)
+    model, card, data = checkpoint.load(model_file)
+    statistics = familiarity.from_checkpoint(data)
     card = card.model_copy(
         update={
             "sha256": model_hash,
@@ -57,21 +60,33 @@ def main(
     with tempfile.TemporaryDirectory(prefix="package-", dir=home) as tmp:
         folder = Path(tmp)  # the packaged model, as the store entry and the registry get it
         files.place(model_file, folder / files.MODEL_FILE)
-        graph = export.export_onnx(model, card, folder / files.MODEL_FILE, card.temperature)
-        (folder / files.ONNX_FILE).write_bytes(graph)
-        difference = export.max_difference(
-            folder / files.ONNX_FILE, model, card, test.images, temperature=card.temperature
+        graph = export.export_onnx(
+            model, card, folder / files.MODEL_FILE, card.temperature, statistics
         )
-        if difference > MAX_ONNX_DIFFERENCE:
-            raise CnnpipeError(
-                f"package: the ONNX export's class probabilities differ from torch's by up to "
-                f"{difference:.3g} on the {len(test.labels)} test images, over the limit of "
-                f"{MAX_ONNX_DIFFERENCE:g}; report the architecture ({card.architecture}) and "
-                "serve with CNNPIPE_RUNTIME=torch meanwhile"
-            )
+        (folder / files.ONNX_FILE).write_bytes(graph)
+        difference, distance_difference = export.max_difference(
+            folder / files.ONNX_FILE,
+            model,
+            card,
+            test.images,
+            temperature=card.temperature,
+            statistics=statistics,
+        )
+        for what, found, limit in (
+            ("class probabilities", difference, MAX_ONNX_DIFFERENCE),
+            ("distances (relative)", distance_difference, MAX_ONNX_DISTANCE_DIFFERENCE),
+        ):
+            if found > limit:
+                raise CnnpipeError(
+                    f"package: the ONNX export's {what} differ from torch's by up to "
+                    f"{found:.3g} on the {len(test.labels)} test images, over the limit of "
+                    f"{limit:g}; report the architecture ({card.architecture}) and serve with "
+                    "CNNPIPE_RUNTIME=torch meanwhile"
+                )
         stage.progress(
             f"package: ONNX export matches torch on {len(test.labels)} test images "
-            f"(max difference {difference:.2g}), {len(graph):,} bytes of graph"
+            f"(max difference {difference:.2g}, of distances {distance_difference:.2g}), "
+            f"{len(graph):,} bytes of graph"
         )
         sha256 = files.hashes(folder, files.FILES)
         labels = {"architecture": card.architecture, "classes": str(len(card.classes))}

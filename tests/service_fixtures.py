@@ -1,6 +1,6 @@
 """What the service tests share: a tiny trained model in the store with its checked ONNX export
-(a temperature in its graph, a threshold in its card), a picture it does not know, and the
-service module imported afresh with given settings."""
+(a temperature and feature statistics in its graph, the thresholds in its card), a picture it
+does not know, and the service module imported afresh with given settings."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from cnnpipe.core import preprocess
 from cnnpipe.core.dataset import read_split
 from cnnpipe.core.params import GenerateParams, ProcessParams
 from cnnpipe.data import sources, split
-from cnnpipe.model import checkpoint, export, files, registry
-from cnnpipe.model.inference import probabilities
+from cnnpipe.model import checkpoint, export, familiarity, files, registry
+from cnnpipe.model.inference import Placement, logits_and_features, probabilities
 from cnnpipe.serve import packaging
 
 MAX_UPLOAD = 2_000_000
@@ -71,10 +71,20 @@ def stored_model(base: Path) -> dict:
     assert unsure < confidence.min(), (
         "the tiny model is surer of a checkerboard than of a test image"
     )
+    # the distance rule: statistics of the train split, a distance threshold over every test
+    # image's
+    layers = familiarity.feature_layers(model, spec.image_size, spec.channels)
+    placement = Placement(torch.device("cpu"), spec.mean, spec.std)
+    _, features = logits_and_features(model, torch.from_numpy(train.images), placement, 256, layers)
+    statistics = familiarity.fit(features.numpy(), train.labels, len(spec.classes), layers)
+    _, features = logits_and_features(model, torch.from_numpy(test.images), placement, 256, layers)
+    test_distance = familiarity.distance(features, statistics.means, statistics.whitening)
     calibrated = {
         "temperature": TEMPERATURE,
         "threshold": float(unsure + confidence.min()) / 2,
         "target_coverage": 1.0,
+        "distance_threshold": 2 * float(test_distance.max()),
+        **statistics.checkpoint_entries(),
         "data_hash": DATA_HASH,
     }
     checkpoint.save(base / "model.pt", model, "lenet5", spec, {"best_epoch": 1, **calibrated})
@@ -85,10 +95,10 @@ def stored_model(base: Path) -> dict:
             "git_revision": "abc123",
         }
     )
-    graph = export.export_onnx(model, card, base / "model.pt", TEMPERATURE)
+    graph = export.export_onnx(model, card, base / "model.pt", TEMPERATURE, statistics)
     (base / "model.onnx").write_bytes(graph)
-    difference = export.max_difference(
-        base / "model.onnx", model, card, test.images, temperature=TEMPERATURE
+    difference, _ = export.max_difference(
+        base / "model.onnx", model, card, test.images, 256, TEMPERATURE, statistics
     )
     tag = packaging.store_model(
         f"{packaging.NAME}:test0000",

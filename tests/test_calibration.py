@@ -92,6 +92,7 @@ def test_the_card_says_why_an_image_gets_no_label():
         target_coverage=0.97,
     )
     assert card.refusal(0.8) is None and card.refusal(0.95) is None
-    reason = card.refusal(0.61)
-    assert "0.610" in reason and "0.800" in reason and "97%" in reason
+    refused = card.refusal(0.61)
+    assert refused is not None and refused.kind == "unsure"
+    assert "0.610" in refused.reason and "0.800" in refused.reason and "97%" in refused.reason
     assert ModelCard(**{**card.model_dump(), "threshold": 0.0}).refusal(0.01) is None

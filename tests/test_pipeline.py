@@ -46,6 +46,8 @@ def test_repro_runs_every_stage_and_writes_every_output(reproduced: Project):
         "test_nll_uncalibrated",
         "test_coverage",
         "test_selective_accuracy",
+        "test_refused_unsure",
+        "test_refused_unfamiliar",
     }
     assert scores["test_accuracy"] > 1 / 3  # better than chance on three classes
     assert 0 < scores["test_coverage"] <= 1 and 0 <= scores["test_ece"] <= 1
@@ -57,6 +59,9 @@ def test_repro_runs_every_stage_and_writes_every_output(reproduced: Project):
     # DVC's hash of data/processed in the card and in the MLflow run's dataset input
     assert model["temperature"] > 0 and 0 <= model["threshold"] < 1
     assert model["target_coverage"] == 0.97
+    # the distance rule: fitted on the train split, its threshold and layers in the card
+    assert model["distance_threshold"] > 0
+    assert model["feature_layers"] == ["features.0", "features.3"]
     lock = yaml.safe_load((root / "dvc.lock").read_text())
     (processed,) = [o for o in lock["stages"]["process"]["outs"] if o["path"] == "data/processed"]
     assert model["data_hash"] == processed["md5"]

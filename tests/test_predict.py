@@ -58,7 +58,9 @@ def expected(stored: dict, path: Path, top_k: int | None = None) -> dict:
     onnx = onnx_runtime(stored["dir"])
     card = stored["card"]
     pixels = preprocess.load(path, card.image_size, card.channels)
-    return answer(onnx.probabilities(pixels[None])[0], card, top_k).model_dump()
+    probabilities, distance = onnx.scores(pixels[None])
+    assert distance is not None  # the stored model has the distance rule
+    return answer(probabilities[0], card, top_k, distance[0]).model_dump()
 
 
 def cnnpipe(*args: str, cwd: Path) -> subprocess.CompletedProcess:

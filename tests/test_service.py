@@ -104,8 +104,10 @@ def test_onnx_and_torch_give_the_same_calibrated_answers(stored):
     torch = runtime.load(stored["dir"], "torch", threads=1)
     assert (onnx.name, torch.name) == ("onnx", "torch")
     images = stored["test"].images
-    a, b = onnx.probabilities(images), torch.probabilities(images)
+    (a, far_a), (b, far_b) = onnx.scores(images), torch.scores(images)
     assert np.abs(a - b).max() <= 1e-5
+    assert far_a is not None and far_b is not None
+    assert np.abs(far_a - far_b).max() <= 1e-4 * max(1.0, float(far_b.max()))
     assert (a.argmax(1) == stored["predicted"]).all() and (b.argmax(1) == stored["predicted"]).all()
     calibrated = probabilities(stored["model"], stored["info"], images, TEMPERATURE)
     assert np.abs(a - calibrated).max() <= 1e-5
@@ -140,6 +142,8 @@ def test_a_picture_of_no_class_gets_no_label_with_the_reason_and_the_top_k(clien
     body = reply.json()
     assert body["label"] is None and body["confidence"] < card.threshold
     assert f"{card.threshold:.3f}" in body["reason"] and "threshold" in body["reason"]
+    far = body["distance"] > card.distance_threshold
+    assert body["refusal"] == ("unfamiliar" if far else "unsure")
     assert len(body["probabilities"]) == 2
     assert next(iter(body["probabilities"].values())) == body["confidence"]
     path, label = one_per_class(stored)[0]
@@ -170,15 +174,15 @@ def test_the_model_input_is_what_the_process_stage_made(client, service, stored)
 
     runtime_ = bentoml.get_current_service().runtime
     seen: list[np.ndarray] = []
-    original = runtime_.probabilities
-    runtime_.probabilities = lambda batch: seen.append(batch.copy()) or original(batch)
+    original = runtime_.scores
+    runtime_.scores = lambda batch: seen.append(batch.copy()) or original(batch)
     try:
         test = stored["test"]
         for i in (0, len(test.files) - 1):
             assert post(client, (stored["raw"] / test.files[i]).read_bytes()).status_code == 200
             assert np.array_equal(seen[-1], test.images[i : i + 1])
     finally:
-        runtime_.probabilities = original
+        runtime_.scores = original
 
 
 def test_predict_batch_answers_each_image_in_order(client, stored):
@@ -198,6 +202,8 @@ def test_metadata_names_the_model_its_runtime_and_the_export_check(client, store
     assert body["test_metrics"] == TEST_METRICS and body["git_revision"] == "abc123"
     assert body["temperature"] == TEMPERATURE and body["threshold"] == stored["card"].threshold
     assert body["target_coverage"] == 1.0 and body["data_hash"] == DATA_HASH
+    assert body["distance_threshold"] == stored["card"].distance_threshold > 0
+    assert body["feature_layers"] == ["features.0", "features.3"]
 
 
 def test_explain_answers_a_png_of_the_most_probable_class(client, stored):
@@ -240,6 +246,8 @@ def test_the_openapi_document_states_every_response_and_bound(client):
     assert "/metadata" in spec["paths"]
     prediction = schemas["Prediction"]["properties"]
     assert prediction["label"]["nullable"] and prediction["reason"]["nullable"]
+    assert prediction["refusal"]["enum"] == ["unsure", "unfamiliar"]
+    assert prediction["refusal"]["nullable"] and prediction["distance"]["nullable"]
     assert "threshold" in prediction["label"]["description"]
     explain = spec["paths"]["/explain"]["post"]
     assert set(explain["responses"]) == {"200", "400", "408", "413", "429", "504"}

@@ -145,6 +145,10 @@ class TrainParams(Section):
     # threshold under which an image is "unknown", set so that this share of images get a label
     calibrate: bool = True
     target_coverage: Annotated[float, Field(gt=0.0, le=1.0)] = 0.97  # 1: every image a label
+    # of the validation images left unlabelled, the share refused for features far from every
+    # class (the Mahalanobis distance to the nearest class mean of the train split's features),
+    # the rest for a low top probability (cnnpipe.model.calibration); 0: no distance rule
+    unfamiliar_share: Fraction = 0.5
 
     @model_validator(mode="after")
     def _fixed_threads(self) -> TrainParams:

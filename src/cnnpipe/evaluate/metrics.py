@@ -1,6 +1,8 @@
 """Scores on the test split: accuracy, macro precision/recall/F1 and the same per class, and how
 far the probabilities can be trusted: calibration error and NLL before and after temperature
-scaling, and the coverage and accuracy at the model's "unknown" threshold."""
+scaling, and the coverage and accuracy under the model's "unknown" rules (the threshold on the
+top probability, and the one on the feature distance where the model has one), with how many
+images each rule refused."""
 
 from __future__ import annotations
 
@@ -11,8 +13,10 @@ import torch
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
 from cnnpipe.core.dataset import Split
-from cnnpipe.model import calibration
+from cnnpipe.model import calibration, familiarity
 from cnnpipe.model.card import ModelCard
+from cnnpipe.model.familiarity import FeatureStatistics
+from cnnpipe.model.inference import Placement, as_tensor, logits_and_features
 
 
 @dataclass
@@ -23,13 +27,29 @@ class Evaluation:
     per_class: list[dict]  # one record per class: precision, recall, f1, support
     probabilities: np.ndarray  # calibrated, softmax(logits / the card's temperature)
     uncalibrated: np.ndarray  # softmax(logits)
+    distance: np.ndarray | None = None  # to the nearest class, with feature statistics
 
 
 def evaluate(
-    model: torch.nn.Module, split: Split, card: ModelCard, device: torch.device, batch_size: int
+    model: torch.nn.Module,
+    split: Split,
+    card: ModelCard,
+    device: torch.device,
+    batch_size: int,
+    statistics: FeatureStatistics | None = None,
 ) -> Evaluation:
     """Predict every image of the split and score the predictions and their probabilities."""
-    logits = calibration.split_logits(model, split, card, device, batch_size)
+    model.to(device)
+    layers = statistics.layers if statistics is not None else None
+    placement = Placement(device, card.mean, card.std)
+    logits, features = logits_and_features(
+        model, as_tensor(split.images), placement, batch_size, layers
+    )
+    distance = (
+        familiarity.distance(features, statistics.means, statistics.whitening).numpy()
+        if statistics is not None
+        else None
+    )
     y_true, y_pred = split.labels, logits.argmax(1).numpy()
     every = list(range(len(card.classes)))
     precision, recall, f1, _ = precision_recall_fscore_support(
@@ -43,7 +63,8 @@ def evaluate(
     }
     probabilities = calibration.softmax(logits, card.temperature)
     uncalibrated = calibration.softmax(logits)
-    metrics.update(confidence_scores(probabilities, uncalibrated, y_true, card.threshold))
+    metrics.update(confidence_scores(probabilities, uncalibrated, y_true))
+    metrics.update(refusals(probabilities, y_true, card, distance))
     scores = precision_recall_fscore_support(y_true, y_pred, labels=every, zero_division=0)
     per_class = [
         {
@@ -55,20 +76,37 @@ def evaluate(
         }
         for name, p, r, f, s in zip(card.classes, *scores, strict=True)
     ]
-    return Evaluation(y_true, y_pred, metrics, per_class, probabilities, uncalibrated)
+    return Evaluation(y_true, y_pred, metrics, per_class, probabilities, uncalibrated, distance)
 
 
 def confidence_scores(
-    probabilities: np.ndarray, uncalibrated: np.ndarray, labels: np.ndarray, threshold: float
+    probabilities: np.ndarray, uncalibrated: np.ndarray, labels: np.ndarray
 ) -> dict[str, float]:
-    """ECE (15 bins) and NLL with and without the temperature; the share of images labelled at
-    the threshold (coverage) and the accuracy on those (selective accuracy)."""
-    coverage, selective = calibration.selective_scores(probabilities, labels, threshold)
+    """ECE (15 bins) and NLL with and without the temperature."""
     return {
         "test_ece": calibration.expected_calibration_error(probabilities, labels),
         "test_ece_uncalibrated": calibration.expected_calibration_error(uncalibrated, labels),
         "test_nll": calibration.negative_log_likelihood(probabilities, labels),
         "test_nll_uncalibrated": calibration.negative_log_likelihood(uncalibrated, labels),
+    }
+
+
+def refusals(
+    probabilities: np.ndarray, labels: np.ndarray, card: ModelCard, distance: np.ndarray | None
+) -> dict[str, float]:
+    """Under both of the card's rules: the share of images labelled (coverage) and the accuracy
+    on those; the share each rule refuses on its own ("unsure": the top probability under the
+    threshold; "unfamiliar": the features farther than the distance threshold from every class;
+    an image can be both). A model without the distance rule refuses none as unfamiliar."""
+    limit = card.distance_threshold if distance is not None else None
+    coverage, selective = calibration.selective_scores(
+        probabilities, labels, card.threshold, distance, limit
+    )
+    unsure = probabilities.max(1) < card.threshold
+    far = distance > limit if distance is not None and limit is not None else np.zeros_like(unsure)
+    return {
         "test_coverage": coverage,
         "test_selective_accuracy": selective,
+        "test_refused_unsure": float(unsure.mean()) if len(labels) else 0.0,
+        "test_refused_unfamiliar": float(far.mean()) if len(labels) else 0.0,
     }

@@ -4,10 +4,17 @@ A network trained with cross-entropy (and label smoothing) is rarely calibrated:
 it gives 0.9, far more or far fewer than 90% are right. Temperature scaling (Guo et al., "On
 Calibration of Modern Neural Networks", 2017) divides the logits by one scalar T fitted on the
 validation split by minimising the negative log-likelihood: the predicted class of every image
-stays the same (accuracy is unchanged), only the confidence moves. The threshold is then the
-calibrated top probability that `target_coverage` of the validation images reach: an image
-under it gets no label ("unknown"). Calibration error is measured on the test split, with the
-usual 15 equal-width bins of the top probability.
+stays the same (accuracy is unchanged), only the confidence moves.
+
+An image gets no label ("unknown") for one of two reasons: its calibrated top probability is
+under the threshold ("unsure"), or its features lie farther than the distance threshold from
+every class (cnnpipe.model.familiarity: "unfamiliar"). Together the two rules keep
+`target_coverage` of the validation images; of the validation images they refuse, the
+confidence threshold is set to refuse the share 1 - `unfamiliar_share` on its own, and the
+distance threshold then refuses the rest among the images it left (`thresholds`). With
+`unfamiliar_share` 0 there is no distance rule, and the threshold alone keeps `target_coverage`.
+Calibration error is measured on the test split, with the usual 15 equal-width bins of the top
+probability.
 """
 
 from __future__ import annotations
@@ -20,7 +27,9 @@ import torch
 from torch.nn import functional as F
 
 from cnnpipe.core.dataset import InputSpec, Split
-from cnnpipe.model.inference import Placement, as_tensor, logits
+from cnnpipe.model import familiarity
+from cnnpipe.model.familiarity import FeatureStatistics
+from cnnpipe.model.inference import Placement, as_tensor, logits_and_features
 
 ECE_BINS = 15
 # T stays within these bounds: a very small validation split can push it anywhere.
@@ -34,16 +43,21 @@ class Calibration:
     target_coverage: float
     val_nll: float  # with the temperature
     val_nll_uncalibrated: float
+    # the distance rule: None without one (unfamiliar_share 0, or coverage 1)
+    distance_threshold: float | None = None
+    statistics: FeatureStatistics | None = None
 
-
-def split_logits(
-    model: torch.nn.Module, split: Split, spec: InputSpec, device: torch.device, batch_size: int
-) -> torch.Tensor:
-    """The logits of every image of a split, in order."""
-    model.to(device)
-    return logits(
-        model, as_tensor(split.images), Placement(device, spec.mean, spec.std), batch_size
-    )
+    def checkpoint_entries(self) -> dict:
+        """What the checkpoint keeps of it (the card's fields and the feature statistics)."""
+        entries = {
+            "temperature": self.temperature,
+            "threshold": self.threshold,
+            "target_coverage": self.target_coverage,
+        }
+        if self.statistics is not None:
+            entries |= {"distance_threshold": self.distance_threshold}
+            entries |= self.statistics.checkpoint_entries()
+        return entries
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -97,25 +111,67 @@ def threshold_for_coverage(confidence: np.ndarray, coverage: float) -> float:
     return float(np.sort(confidence)[refused])
 
 
+def thresholds(
+    confidence: np.ndarray, distance: np.ndarray, coverage: float, unfamiliar_share: float
+) -> tuple[float, float]:
+    """(confidence threshold, distance threshold) that together keep at least `coverage` of
+    these images (an image is kept when its confidence >= the first and its distance <= the
+    second). Of the images to refuse, the confidence threshold refuses 1 - unfamiliar_share on
+    its own; the distance threshold is the largest distance among the images it leaves that
+    still keeps `coverage` of all."""
+    alone = 1.0 - (1.0 - coverage) * (1.0 - unfamiliar_share)  # what the first rule keeps
+    threshold = threshold_for_coverage(confidence, alone)
+    left = np.sort(distance[confidence >= threshold])
+    if not len(left):
+        return threshold, 0.0
+    kept = math.ceil(len(confidence) * coverage - 1e-9)
+    return threshold, float(left[min(max(kept, 1), len(left)) - 1])
+
+
 def calibrate(
     model: torch.nn.Module,
+    train: Split,
     val: Split,
     spec: InputSpec,
     device: torch.device,
     batch_size: int,
     fit: bool,
     target_coverage: float,
+    unfamiliar_share: float = 0.0,
 ) -> Calibration:
-    """The temperature (fitted, or 1 when not `fit`) and the threshold, from the val split."""
-    z, y = split_logits(model, val, spec, device, batch_size), torch.from_numpy(val.labels)
+    """The temperature (fitted, or 1 when not `fit`) and the threshold, from the val split; with
+    an `unfamiliar_share` (and a coverage under 1), the feature statistics of the train split and
+    the distance threshold too."""
+    model.to(device)
+    placement = Placement(device, spec.mean, spec.std)
+    distance_rule = unfamiliar_share > 0 and target_coverage < 1
+    layers = (
+        familiarity.feature_layers(model, spec.image_size, spec.channels) if distance_rule else None
+    )
+    z, features = logits_and_features(model, as_tensor(val.images), placement, batch_size, layers)
+    y = torch.from_numpy(val.labels)
     temperature = fit_temperature(z, y) if fit else 1.0
     calibrated = softmax(z, temperature)
+    common = {
+        "temperature": temperature,
+        "target_coverage": target_coverage,
+        "val_nll": negative_log_likelihood(calibrated, val.labels),
+        "val_nll_uncalibrated": negative_log_likelihood(softmax(z), val.labels),
+    }
+    if not layers:
+        return Calibration(
+            threshold=threshold_for_coverage(calibrated.max(1), target_coverage), **common
+        )
+    _, train_features = logits_and_features(
+        model, as_tensor(train.images), placement, batch_size, layers
+    )
+    statistics = familiarity.fit(train_features.numpy(), train.labels, int(z.shape[1]), layers)
+    distance = familiarity.distance(features, statistics.means, statistics.whitening).numpy()
+    threshold, distance_threshold = thresholds(
+        calibrated.max(1), distance, target_coverage, unfamiliar_share
+    )
     return Calibration(
-        temperature=temperature,
-        threshold=threshold_for_coverage(calibrated.max(1), target_coverage),
-        target_coverage=target_coverage,
-        val_nll=negative_log_likelihood(calibrated, val.labels),
-        val_nll_uncalibrated=negative_log_likelihood(softmax(z), val.labels),
+        threshold=threshold, distance_threshold=distance_threshold, statistics=statistics, **common
     )
 
 
@@ -159,10 +215,17 @@ def expected_calibration_error(
 
 
 def selective_scores(
-    probabilities: np.ndarray, labels: np.ndarray, threshold: float
+    probabilities: np.ndarray,
+    labels: np.ndarray,
+    threshold: float,
+    distance: np.ndarray | None = None,
+    distance_threshold: float | None = None,
 ) -> tuple[float, float]:
-    """(coverage, accuracy on the covered images) at a threshold on the top probability."""
+    """(coverage, accuracy on the covered images) at a threshold on the top probability, and
+    on the distance where both are given."""
     covered = probabilities.max(1) >= threshold
+    if distance is not None and distance_threshold is not None:
+        covered &= distance <= distance_threshold
     right = probabilities.argmax(1) == labels
     accuracy = float(right[covered].mean()) if covered.any() else 0.0
     return float(covered.mean()) if len(labels) else 0.0, accuracy

@@ -1,6 +1,7 @@
 """The model as ONNX: one graph from uint8 images to calibrated class probabilities
-(normalisation, model, softmax of the logits over the temperature), checked against torch before
-it is packaged.
+(normalisation, model, softmax of the logits over the temperature) and, where the checkpoint has
+feature statistics, the distance to the nearest class, checked against torch before it is
+packaged.
 
 The graph carries no copy of the weights. torch.save writes its zip archive uncompressed, each
 tensor's bytes whole at an aligned offset, and ONNX's external data (a file, an offset, a length)
@@ -25,36 +26,27 @@ import torch
 from torch import nn
 
 from cnnpipe.core.dataset import InputSpec
-from cnnpipe.core.preprocess import normalize
-from cnnpipe.model.inference import probabilities
+from cnnpipe.model.familiarity import FeatureStatistics
+from cnnpipe.model.inference import ServedModel, scores
 
 # Opset 17 covers every layer of the four architectures (LeNet-5's average pools, ResNet's and
 # DenseNet's batch norms and adaptive pools, EfficientNet's SiLU and squeeze-excitation) and
 # every onnxruntime since 1.13.
 OPSET = 17
-INPUT, OUTPUT = "images", "probabilities"
-
-
-class ServedModel(nn.Module):
-    """What the service computes for a uint8 batch (N, C, H, W) made by preprocess.load: the
-    pipeline's normalisation, the model, softmax(logits / temperature) (the calibration)."""
-
-    def __init__(self, model: nn.Module, spec: InputSpec, temperature: float = 1.0) -> None:
-        super().__init__()
-        self.model = model
-        self.mean, self.std = spec.mean, spec.std
-        self.temperature = temperature
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        logits = self.model(normalize(images, self.mean, self.std))
-        return torch.softmax(logits / self.temperature, dim=1)
+INPUT, OUTPUT, DISTANCE = "images", "probabilities", "distance"
 
 
 def export_onnx(
-    model: nn.Module, spec: InputSpec, checkpoint_file: Path, temperature: float = 1.0
+    model: nn.Module,
+    spec: InputSpec,
+    checkpoint_file: Path,
+    temperature: float = 1.0,
+    statistics: FeatureStatistics | None = None,
 ) -> bytes:
     """The ONNX graph of ServedModel, with a dynamic batch dimension, its weights read from
-    `checkpoint_file` (the model's checkpoint, to lie beside the graph under that name)."""
+    `checkpoint_file` (the model's checkpoint, to lie beside the graph under that name). With
+    feature statistics it has a second output, DISTANCE (cnnpipe.model.familiarity)."""
+    outputs = [OUTPUT, DISTANCE] if statistics is not None else [OUTPUT]
     example = torch.zeros((2, spec.channels, spec.image_size, spec.image_size), dtype=torch.uint8)
     exported = io.BytesIO()
     # The TorchScript exporter (dynamo=False) needs no onnxscript and exports all four
@@ -65,16 +57,15 @@ def export_onnx(
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
         torch.onnx.export(
-            ServedModel(
-                model, spec, temperature
-            ).eval(),  # eval: the exporter restores the wrapper's mode
+            # eval: the exporter restores the wrapper's mode
+            ServedModel(model, spec, temperature, statistics).eval(),
             (example,),
             exported,  # type: ignore[arg-type]  # a file object works; the annotation omits it
             dynamo=False,
             opset_version=OPSET,
             input_names=[INPUT],
-            output_names=[OUTPUT],
-            dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
+            output_names=outputs,
+            dynamic_axes={name: {0: "batch"} for name in (INPUT, *outputs)},
             training=torch.onnx.TrainingMode.PRESERVE,
             do_constant_folding=False,
         )
@@ -127,14 +118,20 @@ def max_difference(
     images: np.ndarray,
     batch_size: int = 256,
     temperature: float = 1.0,
-) -> float:
+    statistics: FeatureStatistics | None = None,
+) -> tuple[float, float]:
     """The largest absolute difference between the class probabilities of the ONNX export (run
-    by onnxruntime) and of the torch model at this temperature, over uint8 images."""
+    by onnxruntime) and of the torch model at this temperature, over uint8 images, and the
+    largest relative difference of their distances (0 without statistics)."""
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    worst = 0.0
+    served = ServedModel(model, spec, temperature, statistics).eval()
+    worst, worst_distance = 0.0, 0.0
     for start in range(0, len(images), batch_size):
         batch = np.array(images[start : start + batch_size])  # a memory map slice is read-only
-        (exported,) = session.run([OUTPUT], {INPUT: batch})
-        expected = probabilities(model, spec, batch, temperature)
-        worst = max(worst, float(np.abs(exported - expected).max()))
-    return worst
+        exported = session.run(None, {INPUT: batch})
+        expected, distance = scores(served, batch)
+        worst = max(worst, float(np.abs(exported[0] - expected).max()))
+        if distance is not None:
+            gap = np.abs(exported[1] - distance) / np.maximum(np.abs(distance), 1.0)
+            worst_distance = max(worst_distance, float(gap.max()))
+    return worst, worst_distance

@@ -3,6 +3,8 @@ upload batch. Training, evaluation and the service share these."""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import numpy as np
 import torch
 from torch import nn
@@ -10,6 +12,7 @@ from torch import nn
 from cnnpipe.core.dataset import IN_MEMORY_LIMIT, InputSpec
 from cnnpipe.core.errors import CnnpipeError
 from cnnpipe.core.preprocess import normalize
+from cnnpipe.model import familiarity
 
 
 def select_device(choice: str, local_rank: int = 0) -> torch.device:
@@ -93,16 +96,77 @@ def logits(
     model: nn.Module, images: torch.Tensor | np.ndarray, placement: Placement, batch_size: int
 ) -> torch.Tensor:
     """The logits (N, classes) of a model on uint8 images, in order, on the CPU in float32."""
+    return logits_and_features(model, images, placement, batch_size)[0]
+
+
+@torch.no_grad()
+def logits_and_features(
+    model: nn.Module,
+    images: torch.Tensor | np.ndarray,
+    placement: Placement,
+    batch_size: int,
+    layers: list[str] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits (N, classes) of a model on uint8 images, in order, and their feature vectors
+    from these layers (N, features; (N, 0) without layers: cnnpipe.model.familiarity), on the
+    CPU in float32."""
     model.eval()
-    out = []
-    for start in range(0, len(images), batch_size):
-        x = images[start : start + batch_size]
-        if not isinstance(x, torch.Tensor):  # a memory map's slice: copied, the map is read-only
-            x = torch.from_numpy(np.array(x))
-        x, _ = placement.inputs(x, torch.empty(0))
-        with placement.precision():
-            out.append(model(x).float().cpu())
-    return torch.cat(out) if out else torch.empty(0)
+    out, features = [], []
+    with familiarity.captured(model, layers) if layers else nullcontext([]) as found:
+        for start in range(0, len(images), batch_size):
+            x = images[start : start + batch_size]
+            if not isinstance(x, torch.Tensor):  # a memory map's slice: copied (it is read-only)
+                x = torch.from_numpy(np.array(x))
+            x, _ = placement.inputs(x, torch.empty(0))
+            with placement.precision():
+                out.append(model(x).float().cpu())
+            features += [f.float().cpu() for f in found]
+            found.clear()
+    z = torch.cat(out) if out else torch.empty(0)
+    return z, torch.cat(features) if features else torch.empty((len(z), 0))
+
+
+class ServedModel(nn.Module):
+    """What the service computes for a uint8 batch (N, C, H, W) made by preprocess.load: the
+    pipeline's normalisation, the model, softmax(logits / temperature) (the calibration), and,
+    with feature statistics, the distance of the image's features to the nearest class
+    (cnnpipe.model.familiarity). The ONNX export is this module traced, and the torch runtime
+    runs it: both compute the same."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        spec: InputSpec,
+        temperature: float = 1.0,
+        statistics: familiarity.FeatureStatistics | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.mean, self.std = spec.mean, spec.std
+        self.temperature = temperature
+        self.layers = statistics.layers if statistics is not None else None
+        if statistics is not None:
+            self.register_buffer("means", statistics.means)
+            self.register_buffer("whitening", statistics.whitening)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        x = normalize(images, self.mean, self.std)
+        if self.layers is None:
+            return torch.softmax(self.model(x) / self.temperature, dim=1)
+        with familiarity.captured(self.model, self.layers) as found:
+            logits = self.model(x)
+        distance = familiarity.distance(found[0], self.means, self.whitening)
+        return torch.softmax(logits / self.temperature, dim=1), distance
+
+
+def scores(served: ServedModel, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """The class probabilities (N, classes) of a uint8 batch, and the distances (N,) if the
+    model has feature statistics."""
+    with torch.inference_mode():
+        out = served(torch.as_tensor(batch))
+    if isinstance(out, tuple):
+        return out[0].numpy(), out[1].numpy()
+    return out.numpy(), None
 
 
 def probabilities(
@@ -110,6 +174,4 @@ def probabilities(
 ) -> np.ndarray:
     """Class probabilities, softmax(logits / temperature), for a uint8 batch (N, C, H, W) made by
     preprocess.load."""
-    with torch.inference_mode():
-        x = normalize(torch.as_tensor(batch), spec.mean, spec.std)
-        return torch.softmax(model(x) / temperature, dim=1).numpy()
+    return scores(ServedModel(model, spec, temperature), batch)[0]

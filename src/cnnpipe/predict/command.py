@@ -107,12 +107,15 @@ def predictions(
 
     def answered() -> Iterator[Row]:
         images = [result for _, result in window if not isinstance(result, str)]
-        answers = iter(model.runtime.probabilities(np.stack(images)) if images else [])
+        probs, distances = model.runtime.scores(np.stack(images)) if images else ([], None)
+        far = [None] * len(probs) if distances is None else distances
+        answers = zip(probs, far, strict=True)
         for path, result in window:
             if isinstance(result, str):
                 yield Row(path, None, result)
             else:
-                yield Row(path, answer(next(answers), model.card, top_k))
+                p, d = next(answers)
+                yield Row(path, answer(p, model.card, top_k, d))
         progress(len(window))
         window.clear()
 

@@ -1,10 +1,11 @@
 """What `cnnpipe predict` writes: one row per file, as CSV, JSON or Parquet.
 
 A row is the service's answer for the file (cnnpipe.serve.contract.Prediction: the label, null
-under the model's threshold, the confidence, the top classes with their probabilities and the
-reason for a null label) with the file's path, or the reason the file could not be read. CSV and
-Parquet flatten the top classes into ranked columns class_1, probability_1, ...; JSON keeps the
-service's `probabilities` object.
+when the model refuses it, the confidence, the top classes with their probabilities, the
+distance to the nearest class, and the kind of refusal and its reason for a null label) with
+the file's path, or the reason the file could not be read. CSV and Parquet flatten the top
+classes into ranked columns class_1, probability_1, ...; JSON keeps the service's
+`probabilities` object.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ class Row:
             "label": p.label if p else None,
             "confidence": p.confidence if p else None,
             "probabilities": p.probabilities if p else {},
+            "distance": p.distance if p else None,
+            "refusal": p.refusal if p else None,
             "reason": p.reason if p else None,
             "error": self.error,
         }
@@ -70,7 +73,7 @@ def csv_text(rows: list[Row], k: int) -> str:
 def _columns(k: int) -> dict[str, str]:
     """The flat columns and their Parquet types."""
     columns = {"path": "string", "label": "string", "confidence": "float64"}
-    columns |= {"reason": "string", "error": "string"}
+    columns |= {"distance": "float64", "refusal": "string", "reason": "string", "error": "string"}
     for i in range(1, k + 1):
         columns |= {f"class_{i}": "string", f"probability_{i}": "float64"}
     return columns

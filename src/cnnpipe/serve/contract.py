@@ -1,7 +1,7 @@
 """The HTTP contract: what /predict, /predict_batch, /explain and /metadata take and answer, as
-pydantic models, how class probabilities become an answer (the label, or "unknown" under the
-model's threshold), and the OpenAPI document (/docs.json, the Swagger UI at /docs) that states
-it.
+pydantic models, how class probabilities and the feature distance become an answer (the label,
+or "unknown" under the model's threshold or beyond its distance threshold), and the OpenAPI
+document (/docs.json, the Swagger UI at /docs) that states it.
 
 BentoML documents every API with generic error schemas (a 400 whose `detail` is a string, 404,
 500) and a request body of one media type, and describes itself with badges from other sites.
@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse
 
 from cnnpipe.core.preprocess import FORMAT_NAMES
-from cnnpipe.model.card import ModelCard
+from cnnpipe.model.card import ModelCard, RefusalKind
 from cnnpipe.serve.access import open_paths
 from cnnpipe.serve.settings import Settings
 
@@ -41,8 +41,9 @@ BEARER = "bearer"  # the security scheme's name in the document
 
 class Prediction(BaseModel):
     label: str | None = Field(
-        description="the most probable class; null when its probability is under the model's "
-        "threshold (/metadata): the model does not know, `reason` says why",
+        description="the most probable class; null when the model does not know: its "
+        "probability is under the model's threshold, or the image's features are farther than "
+        "the distance threshold from every class (/metadata); `refusal` and `reason` say which",
         examples=["circle"],
     )
     confidence: float = Field(
@@ -53,23 +54,40 @@ class Prediction(BaseModel):
         "only if given); given with a null label too",
         examples=[{"circle": 0.97, "square": 0.02, "triangle": 0.01}],
     )
+    distance: float | None = Field(
+        description="the Mahalanobis distance of the image's features to the nearest class; "
+        "null for a model without feature statistics",
+        examples=[4.2],
+    )
+    refusal: RefusalKind | None = Field(
+        description="why the label is null: `unsure` (top probability under the threshold) or "
+        "`unfamiliar` (features far from every class: likely none of its classes); null when "
+        "there is a label",
+        examples=[None],
+    )
     reason: str | None = Field(
-        description="why the label is null; null when there is a label", examples=[None]
+        description="why the label is null, in words; null when there is a label",
+        examples=[None],
     )
 
 
-def answer(probabilities: np.ndarray, card: ModelCard, top_k: int | None) -> Prediction:
-    """The answer for one image's class probabilities: its top classes, and its label unless the
-    top probability is under the card's threshold. The service and `cnnpipe predict` both
-    answer with this."""
+def answer(
+    probabilities: np.ndarray, card: ModelCard, top_k: int | None, distance: float | None = None
+) -> Prediction:
+    """The answer for one image's class probabilities (and distance): its top classes, and its
+    label unless the card's rules refuse it (ModelCard.refusal). The service and `cnnpipe
+    predict` both answer with this."""
     ranked = np.argsort(-probabilities, kind="stable")[:top_k]
     confidence = float(probabilities[ranked[0]])
-    reason = card.refusal(confidence)
+    distance = None if distance is None else float(distance)
+    refused = card.refusal(confidence, distance)
     return Prediction(
-        label=None if reason else card.classes[ranked[0]],
+        label=None if refused else card.classes[ranked[0]],
         confidence=confidence,
         probabilities={card.classes[i]: float(probabilities[i]) for i in ranked},
-        reason=reason,
+        distance=distance,
+        refusal=refused.kind if refused else None,
+        reason=refused.reason if refused else None,
     )
 
 

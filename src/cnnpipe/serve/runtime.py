@@ -1,8 +1,10 @@
 """What runs the model in a worker: onnxruntime on the package stage's ONNX export, or torch on
 the checkpoint. Both take the uint8 batch preprocess.load makes and return calibrated class
-probabilities, softmax(logits / the card's temperature); the export holds the same normalisation
-(cnnpipe.core.preprocess.normalize, traced into the graph) and temperature, and was checked
-against torch on the test split when it was packaged.
+probabilities, softmax(logits / the card's temperature), and, for a model with feature
+statistics, each image's distance to the nearest class (cnnpipe.model.familiarity); the export
+is the torch runtime's module (cnnpipe.model.inference.ServedModel) traced, and was checked
+against torch on the test split when it was packaged. A model packaged without statistics has
+no distance: no distance rule.
 
 Torch and onnxruntime are imported only when a worker loads its runtime: the supervising process
 of `bentoml serve` imports the service module too, and an ONNX worker never loads torch (it would
@@ -25,6 +27,11 @@ RuntimeName = t.Literal["onnx", "torch"]
 class Runtime(t.Protocol):
     name: RuntimeName
 
+    def scores(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Class probabilities (N, classes) of a uint8 batch (N, C, H, W), and the distances
+        (N,) where the model has feature statistics."""
+        ...
+
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """Class probabilities (N, classes) of a uint8 batch (N, C, H, W)."""
         ...
@@ -46,8 +53,12 @@ class OnnxRuntime:
         )
         self.input = self.session.get_inputs()[0].name
 
+    def scores(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        out = self.session.run(None, {self.input: np.ascontiguousarray(batch)})
+        return out[0], out[1] if len(out) > 1 else None
+
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input: np.ascontiguousarray(batch)})[0]
+        return self.scores(batch)[0]
 
 
 class TorchRuntime:
@@ -57,14 +68,21 @@ class TorchRuntime:
         # Deferred: only a torch worker loads torch (see the module docstring).
         import torch
 
-        from cnnpipe.model import checkpoint, inference
+        from cnnpipe.model import checkpoint, familiarity, inference
 
         torch.set_num_threads(threads)
-        self.model, self.card, _ = checkpoint.load(path)
-        self._probabilities = inference.probabilities
+        self.model, self.card, data = checkpoint.load(path)
+        statistics = familiarity.from_checkpoint(data)
+        self.served = inference.ServedModel(
+            self.model, self.card, self.card.temperature, statistics
+        ).eval()
+        self._scores = inference.scores
+
+    def scores(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        return self._scores(self.served, batch)
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
-        return self._probabilities(self.model, self.card, batch, self.card.temperature)
+        return self.scores(batch)[0]
 
     def explain(self, pixels: np.ndarray) -> tuple[bytes, int]:
         """A PNG of the Grad-CAM heat map of one model input over it, for its most probable

@@ -141,9 +141,11 @@ class Classifier:
         )
 
     def _classify(self, images: list[Image]) -> list[Prediction]:
-        probs = self.runtime.probabilities(np.stack([im.pixels for im in images]))
+        probs, distances = self.runtime.scores(np.stack([im.pixels for im in images]))
+        far = [None] * len(images) if distances is None else distances
         return [
-            answer(p, self.metadata, image.top_k) for p, image in zip(probs, images, strict=True)
+            answer(p, self.metadata, image.top_k, d)
+            for p, d, image in zip(probs, far, images, strict=True)
         ]
 
     @bentoml.api(

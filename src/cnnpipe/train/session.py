@@ -131,7 +131,15 @@ def train(
                     parameters=parameters,
                 )
         calibration = calibrate(
-            model, val, spec, device, p.batch_size, p.calibrate, p.target_coverage
+            model,
+            train_split,
+            val,
+            spec,
+            device,
+            p.batch_size,
+            p.calibrate,
+            p.target_coverage,
+            p.unfamiliar_share,
         )
         model.cpu()
         _log_calibration(calibration, run)
@@ -140,9 +148,7 @@ def train(
             "params": p.model_dump(exclude=resume.NOT_IN_KEY),
             "best_epoch": result.best_epoch,
             "best_val_accuracy": result.best_val_accuracy,
-            "temperature": calibration.temperature,
-            "threshold": calibration.threshold,
-            "target_coverage": calibration.target_coverage,
+            **calibration.checkpoint_entries(),
             "data_hash": data_hash,
         }
         checkpoint.save(model_file, model, p.model, spec, extra)
@@ -239,11 +245,20 @@ def _log_epoch(m: EpochMetrics, p: TrainParams, live: Live, run: Run) -> None:
 
 
 def _log_calibration(c: Calibration, run: Run) -> None:
-    run.log_metrics({"temperature": c.temperature, "threshold": c.threshold, "val_nll": c.val_nll})
+    logged = {"temperature": c.temperature, "threshold": c.threshold, "val_nll": c.val_nll}
+    if c.distance_threshold is not None:
+        logged["distance_threshold"] = c.distance_threshold
+    run.log_metrics(logged)
+    far = (
+        f" or features farther than {c.distance_threshold:.2f} from every class "
+        f"({', '.join(c.statistics.layers)})"
+        if c.statistics is not None and c.distance_threshold is not None
+        else ""
+    )
     stage.progress(
         f"train: calibrated on val: temperature {c.temperature:.3f} (NLL "
         f"{c.val_nll_uncalibrated:.4f} -> {c.val_nll:.4f}); top probability under "
-        f"{c.threshold:.3f} is unknown, which leaves {c.target_coverage:.0%} of val labelled"
+        f"{c.threshold:.3f}{far} is unknown, which leaves {c.target_coverage:.0%} of val labelled"
     )
 
 

@@ -52,7 +52,9 @@ async function loadCard() {
   $("input").textContent = `${card.image_size} x ${card.image_size} px, ${channels}`;
   $("calibration").textContent = `temperature ${card.temperature.toFixed(3)}; ` +
     `"unknown" under a top probability of ${card.threshold.toFixed(3)}` +
-    (card.target_coverage ? ` (${percent(card.target_coverage)} of validation images reach it)` : "");
+    (card.distance_threshold != null
+      ? ` or beyond a feature distance of ${card.distance_threshold.toFixed(2)}` : "") +
+    (card.target_coverage ? ` (${percent(card.target_coverage)} of validation images get a label)` : "");
   $("data").textContent = card.data_hash ? `data/processed ${card.data_hash}` : "not recorded";
   const body = $("metrics").tBodies[0];
   body.replaceChildren();
