@@ -42,9 +42,9 @@ ARCHITECTURES = {
         Architecture(
             "lenet5", torchvision=False, min_size=32, fixed_size=32, recipe=Recipe(0.005, 0.05, 60)
         ),
-        # at 64 px the ImageNet stem leaves 2x2 features: a random resized crop keeps it from
-        # learning the training objects by heart, and it needs more epochs to pay off (40 fit
-        # the 15 minutes of 1,000 pictures on 2 cores; docs/training.md, Colour pictures)
+        # a folder's pictures at 64 px: with a random resized crop and more epochs it did better
+        # on objects it never saw (40 epochs fit 15 minutes of 1,000 pictures on 2 cores;
+        # docs/training.md, Colour pictures)
         Architecture(
             "resnet18",
             torchvision=True,
