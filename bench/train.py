@@ -95,11 +95,11 @@ def prepare(root: Path, images_per_class: int) -> dict[tuple[int, int], Path]:
     return out
 
 
-def train_params(model: str, epochs: int, channels: int) -> params.TrainParams:
-    """The default train params for `model` on images of `channels` channels, `auto` values
-    resolved as the train stage resolves them."""
+def train_params(model: str, epochs: int, channels: int, size: int) -> params.TrainParams:
+    """The default train params for `model` on `size` px images of `channels` channels, `auto`
+    values resolved as the train stage resolves them."""
     p = params.parse({"train": {"model": model, "epochs": epochs}}).train
-    return recipe.resolve(p, channels)[0]
+    return recipe.resolve(p, channels, size)[0]
 
 
 def stage_loop(p: params.TrainParams, folder: Path, save_state=None) -> float:
@@ -180,7 +180,7 @@ def compare_loops(args: argparse.Namespace, folders: dict) -> None:
     )
     print("|---|---|---|---|---|---|---|---|")
     for name, size, channels, epochs in cases(args):
-        p = train_params(name, epochs, channels)
+        p = train_params(name, epochs, channels, size)
         stage, bare, ratios = [], [], []
         for round_ in range(args.rounds):
             runs = (stage_loop, bare_loop) if round_ % 2 == 0 else (bare_loop, stage_loop)
@@ -201,7 +201,7 @@ def compare_settings(args: argparse.Namespace, folders: dict) -> None:
     print("| model | px | setting | kernels | threads | img/s | of the fastest |")
     print("|---|---|---|---|---|---|---|")
     for name, size, channels, epochs in cases(args):
-        p = train_params(name, epochs, channels)
+        p = train_params(name, epochs, channels, size)
         rates: dict[str, list[float]] = {s: [] for s in SETTINGS}
         ran: dict[str, tuple[str, int]] = {}
         for round_ in range(args.rounds):
@@ -235,7 +235,8 @@ def compare_pieces(args: argparse.Namespace, folders: dict) -> None:
     print("| model | px | piece | train stage img/s | without it | ratio |")
     print("|---|---|---|---|---|---|")
     for name, size, channels, epochs in cases(args):
-        base = train_params(name, epochs, channels).model_copy(update={"flip": False})
+        base = train_params(name, epochs, channels, size)
+        base = base.model_copy(update={"flip": False, "crop_scale": 1.0})
         for piece, changes in PIECES.items():
             with_it = base.model_copy(update=changes)
             on, off, ratios = [], [], []
@@ -260,7 +261,7 @@ def resume_cost(args: argparse.Namespace, folders: dict) -> None:
     print("| model | px | epochs | without img/s | with img/s | ratio | save s | state MB |")
     print("|---|---|---|---|---|---|---|---|")
     for name, size, channels, epochs in cases(args):
-        p = train_params(name, epochs, channels)
+        p = train_params(name, epochs, channels, size)
         folder = folders[size, channels]
         states = resume.EpochStates(folder / "state" / "model.pt")
         saves: list[float] = []

@@ -42,7 +42,7 @@ def test_the_picture_recipe_is_off_by_default_and_draws_per_image_when_on():
 
     x = torch.randint(0, 256, (8, 3, 24, 24), dtype=torch.uint8)
     y = torch.arange(8) % 4
-    off = PictureAugment(params.TrainParams(), 24, 3, 4)
+    off = PictureAugment(params.TrainParams(crop_scale=1.0), 24, 3, 4)
     assert not off.active and torch.equal(off.images(x), x)
     assert off.mixed(x.float(), y)[1] is y
     on = params.parse(
@@ -64,7 +64,7 @@ def test_the_picture_recipe_is_off_by_default_and_draws_per_image_when_on():
 def test_mixup_and_cutmix_give_class_probabilities():
     from cnnpipe.train.augment import PictureAugment
 
-    both = params.parse({"train": {"mixup": 0.2, "cutmix": 1.0}}).train
+    both = params.parse({"train": {"mixup": 0.2, "cutmix": 1.0, "crop_scale": 1.0}}).train
     recipe = PictureAugment(both, 16, 1, 5)
     x, y = torch.randn(10, 1, 16, 16), torch.arange(10) % 5
     for seed in range(4):

@@ -14,6 +14,7 @@ from cnnpipe.train import loop
 def train_params(**kw) -> params.TrainParams:
     base = {"epochs": 2, "batch_size": 8, "learning_rate": 0.01, "weight_decay": 0.0}
     base |= {"warmup_epochs": 0, "label_smoothing": 0, "ema_decay": 0, "augment": False, "erase": 0}
+    base |= {"crop_scale": 1.0}
     return params.parse({"train": {**base, "num_threads": 1, **kw}}).train
 
 

@@ -129,9 +129,8 @@ class TrainParams(Section):
     flip: bool | Auto = AUTO
     erase: Fraction = 0.25  # probability of erasing a random rectangle of each training image
     # The recipe for pictures (torchvision.transforms.v2), each piece off at 1 / 0 / none:
-    crop_scale: Annotated[float, Field(gt=0.0, le=1.0)] = (
-        1.0  # random resized crop: least area kept
-    )
+    # random resized crop: the least share of the picture kept; auto: the architecture's recipe
+    crop_scale: Annotated[float, Field(gt=0.0, le=1.0)] | Auto = AUTO
     color_jitter: float = Field(default=0.0, ge=0.0, le=1.0)  # brightness/contrast/saturation +-
     auto_augment: Literal["none", "trivial", "rand"] = "none"  # TrivialAugmentWide, RandAugment
     mixup: float = Field(default=0.0, ge=0.0)  # MixUp's alpha

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnpipe.core.params import TrainParams
+from cnnpipe.train.recipe import resolved
 
 
 def augment(x: torch.Tensor, generator: torch.Generator, params: TrainParams) -> torch.Tensor:
@@ -72,10 +73,9 @@ class PictureAugment:
         from torchvision.transforms import v2  # imported when needed: it doubles torch's import
 
         pieces: list = []
-        if params.crop_scale < 1.0:
-            pieces.append(
-                v2.RandomResizedCrop(image_size, scale=(params.crop_scale, 1.0), antialias=True)
-            )
+        crop_scale = resolved(params.crop_scale)
+        if crop_scale < 1.0:
+            pieces.append(v2.RandomResizedCrop(image_size, scale=(crop_scale, 1.0), antialias=True))
         if params.color_jitter > 0 and channels == 3:
             strength = params.color_jitter
             pieces.append(v2.ColorJitter(strength, strength, strength, hue=min(0.5, strength / 4)))

@@ -64,7 +64,7 @@ def train(
 ) -> None:
     """Train on the processed data; rank 0 writes model_file, live_dir and the MLflow run."""
     spec = read_spec(processed)
-    p, chosen = recipe.resolve(p, spec.channels)
+    p, chosen = recipe.resolve(p, spec.channels, spec.image_size)
     train_split, val = (read_split(processed, s, mmap=None) for s in ("train", "val"))
     make_deterministic(p.seed, kernels.process_threads(p.num_threads))
     model = registry.build(p.model, spec.channels, len(spec.classes), spec.image_size, p.pretrained)
