@@ -20,7 +20,7 @@ probability.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -49,7 +49,7 @@ class Calibration:
 
     def checkpoint_entries(self) -> dict:
         """What the checkpoint keeps of it (the card's fields and the feature statistics)."""
-        entries = {
+        entries: dict[str, object] = {
             "temperature": self.temperature,
             "threshold": self.threshold,
             "target_coverage": self.target_coverage,
@@ -152,26 +152,28 @@ def calibrate(
     y = torch.from_numpy(val.labels)
     temperature = fit_temperature(z, y) if fit else 1.0
     calibrated = softmax(z, temperature)
-    common = {
-        "temperature": temperature,
-        "target_coverage": target_coverage,
-        "val_nll": negative_log_likelihood(calibrated, val.labels),
-        "val_nll_uncalibrated": negative_log_likelihood(softmax(z), val.labels),
-    }
+    confidence_only = Calibration(
+        temperature=temperature,
+        threshold=threshold_for_coverage(calibrated.max(1), target_coverage),
+        target_coverage=target_coverage,
+        val_nll=negative_log_likelihood(calibrated, val.labels),
+        val_nll_uncalibrated=negative_log_likelihood(softmax(z), val.labels),
+    )
     if not layers:
-        return Calibration(
-            threshold=threshold_for_coverage(calibrated.max(1), target_coverage), **common
-        )
+        return confidence_only
     _, train_features = logits_and_features(
         model, as_tensor(train.images), placement, batch_size, layers
     )
-    statistics = familiarity.fit(train_features.numpy(), train.labels, int(z.shape[1]), layers)
+    statistics = familiarity.fit(train_features, train.labels, int(z.shape[1]), layers)
     distance = familiarity.distance(features, statistics.means, statistics.whitening).numpy()
     threshold, distance_threshold = thresholds(
         calibrated.max(1), distance, target_coverage, unfamiliar_share
     )
-    return Calibration(
-        threshold=threshold, distance_threshold=distance_threshold, statistics=statistics, **common
+    return replace(
+        confidence_only,
+        threshold=threshold,
+        distance_threshold=distance_threshold,
+        statistics=statistics,
     )
 
 

@@ -81,7 +81,8 @@ def feature_layers(model: nn.Module, image_size: int, channels: int) -> list[str
     finally:
         for hook in hooks:
             hook.remove()
-    chosen, size = [], 0
+    chosen: list[str] = []
+    size = 0
     for name in stages:
         shape = shapes.get(name, ())
         if len(shape) != 4 or min(shape[-2:]) <= 1:
@@ -124,27 +125,45 @@ def captured(model: nn.Module, layers: list[str]) -> Iterator[list[torch.Tensor]
 
 
 def fit(
-    features: np.ndarray, labels: np.ndarray, classes: int, layers: list[str]
+    features: torch.Tensor | np.ndarray, labels: np.ndarray, classes: int, layers: list[str]
 ) -> FeatureStatistics:
     """Class means and the Ledoit-Wolf shrunk covariance of the features around them, in
     float64, stored whitened in float32. A class with no image gets the mean of all (it then
-    refuses nothing it would not refuse anyway)."""
-    from sklearn.covariance import LedoitWolf  # here: the service never fits
+    refuses nothing it would not refuse anyway).
 
-    x = features.astype(np.float64)
+    In torch, not scikit-learn's LedoitWolf (which tests/test_familiarity.py checks it against):
+    the statistics go into models/model.pt, whose bits must be the same on every machine, and
+    torch's kernels are pinned in portable mode (cnnpipe.core.kernels) where NumPy's BLAS is
+    not."""
+    x = torch.as_tensor(features).double()
+    y = torch.as_tensor(labels).long()
     overall = x.mean(0)
-    means = np.stack(
-        [x[labels == c].mean(0) if (labels == c).any() else overall for c in range(classes)]
-    )
-    centred = x - means[labels]
-    precision = LedoitWolf(assume_centered=True).fit(centred).precision_
-    precision = (precision + precision.T) / 2  # exactly symmetric for the Cholesky factor
-    whitening = np.linalg.cholesky(precision)  # precision = W W^T
-    return FeatureStatistics(
-        layers,
-        torch.from_numpy(means @ whitening).float(),
-        torch.from_numpy(whitening).float(),
-    )
+    means = torch.stack([x[y == c].mean(0) if (y == c).any() else overall for c in range(classes)])
+    covariance = ledoit_wolf(x - means[y])
+    # covariance = L L^T, so the precision is W W^T with W = L^-T
+    lower = torch.linalg.cholesky(covariance)
+    whitening = torch.linalg.solve_triangular(
+        lower, torch.eye(len(covariance), dtype=torch.float64), upper=False
+    ).T
+    return FeatureStatistics(layers, (means @ whitening).float(), whitening.float())
+
+
+def ledoit_wolf(x: torch.Tensor) -> torch.Tensor:
+    """The Ledoit-Wolf shrunk covariance of centred samples (rows): the empirical covariance
+    pulled towards a multiple of the identity by the shrinkage that minimises the expected
+    squared error (Ledoit and Wolf, 2004), as sklearn.covariance.ledoit_wolf with
+    assume_centered=True computes it."""
+    n, p = x.shape
+    empirical = x.T @ x / n
+    mu = torch.trace(empirical) / p
+    squared = x * x
+    beta_sum = (squared.T @ squared).sum() / n
+    delta_sum = (empirical * empirical).sum()
+    beta = (beta_sum - delta_sum) / (p * n)
+    delta = (delta_sum - 2 * mu * torch.trace(empirical) + p * mu * mu) / p
+    shrinkage = 0.0 if delta == 0 else float(torch.clamp(beta, max=delta) / delta)
+    identity = torch.eye(p, dtype=x.dtype)
+    return (1 - shrinkage) * empirical + shrinkage * mu * identity
 
 
 def distance(features: torch.Tensor, means: torch.Tensor, whitening: torch.Tensor) -> torch.Tensor:

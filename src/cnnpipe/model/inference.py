@@ -3,7 +3,7 @@ upload batch. Training, evaluation and the service share these."""
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
 import torch
@@ -112,7 +112,10 @@ def logits_and_features(
     CPU in float32."""
     model.eval()
     out, features = [], []
-    with familiarity.captured(model, layers) if layers else nullcontext([]) as found:
+    capture: AbstractContextManager[list[torch.Tensor]] = (
+        familiarity.captured(model, layers) if layers else nullcontext([])
+    )
+    with capture as found:
         for start in range(0, len(images), batch_size):
             x = images[start : start + batch_size]
             if not isinstance(x, torch.Tensor):  # a memory map's slice: copied (it is read-only)
@@ -155,7 +158,8 @@ class ServedModel(nn.Module):
             return torch.softmax(self.model(x) / self.temperature, dim=1)
         with familiarity.captured(self.model, self.layers) as found:
             logits = self.model(x)
-        distance = familiarity.distance(found[0], self.means, self.whitening)
+        means, whitening = self.get_buffer("means"), self.get_buffer("whitening")
+        distance = familiarity.distance(found[0], means, whitening)
         return torch.softmax(logits / self.temperature, dim=1), distance
 
 

@@ -107,9 +107,11 @@ def predictions(
 
     def answered() -> Iterator[Row]:
         images = [result for _, result in window if not isinstance(result, str)]
-        probs, distances = model.runtime.scores(np.stack(images)) if images else ([], None)
-        far = [None] * len(probs) if distances is None else distances
-        answers = zip(probs, far, strict=True)
+        answers: Iterator[tuple[np.ndarray, float | None]] = iter(())
+        if images:
+            probs, distances = model.runtime.scores(np.stack(images))
+            far = [None] * len(probs) if distances is None else distances.tolist()
+            answers = zip(probs, far, strict=True)
         for path, result in window:
             if isinstance(result, str):
                 yield Row(path, None, result)
