@@ -129,7 +129,10 @@ def run_stage(root: Path, name: str, processes: int | None, stop_after: float | 
 
 
 def on_disk(path: Path) -> int:
-    """Bytes the files under path take on disk (as du counts them)."""
+    """Bytes the files under path take on disk (as du counts them); 0 when there is none (a
+    training interrupted before it ended writes no model)."""
+    if not path.exists():
+        return 0
     return sum(f.lstat().st_blocks * 512 for f in [path, *path.rglob("*")])
 
 
