@@ -1,11 +1,15 @@
 """The figures of the evaluate stage and the pull-request report: names drawn as written."""
 
+import subprocess
+import sys
+
 import numpy as np
+import pytest
 from PIL import Image
 
 from cnnpipe import report
 from cnnpipe.core.dataset import Split
-from cnnpipe.evaluate import figures
+from cnnpipe.evaluate import figures, metrics
 from cnnpipe.evaluate.metrics import Evaluation
 
 # a folder name math text cannot parse (it would stop the stage), and one it would typeset
@@ -33,3 +37,32 @@ def test_report_curves_draw_revision_names_as_written(tmp_path):
         "Loss", {"anchor_definitions": {"<DVC_METRIC_DATA>": rows}}, tmp_path / "l.png"
     )
     assert Image.open(tmp_path / "l.png").size == (550, 350)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_scores_are_scikit_learns_to_the_bit(seed):
+    """With classes never predicted and classes absent from the labels (zero_division=0)."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+
+    rng = np.random.default_rng(seed)
+    classes = 7
+    y_true = rng.integers(0, classes - 2, 60)  # the last two classes have no image
+    y_pred = np.where(rng.random(60) < 0.6, y_true, rng.integers(1, classes, 60))
+    every = list(range(classes))
+    counts = metrics.confusion(y_true, y_pred, classes)
+    assert np.array_equal(counts, confusion_matrix(y_true, y_pred, labels=every))
+    ours = metrics.class_scores(counts)
+    theirs = precision_recall_fscore_support(y_true, y_pred, labels=every, zero_division=0)
+    for mine, sklearns in zip(ours, theirs, strict=True):
+        assert np.array_equal(mine, sklearns)
+    macro = precision_recall_fscore_support(
+        y_true, y_pred, labels=every, average="macro", zero_division=0
+    )
+    assert [float(np.mean(x)) for x in ours[:3]] == list(macro[:3])
+    assert float(np.mean(y_true == y_pred)) == accuracy_score(y_true, y_pred)
+
+
+def test_the_evaluate_stage_does_not_import_scikit_learn():
+    code = "import sys; import cnnpipe.evaluate.figures; print('sklearn' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "False", result.stderr
