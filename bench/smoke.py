@@ -49,7 +49,7 @@ COMMANDS: list[tuple[str, list[str], int]] = [
     ("train", ["--models", "lenet5", "--rounds", "1", "--images-per-class", "20", "--epochs", "1"],
      180),
     ("stop", ["--rounds", "1"], 120),
-    ("resume", ["--model", "lenet5", "--nproc", "1", "--kill-at", "1", "--set", "train.epochs=2",
+    ("resume", ["--model", "lenet5", "--nproc", "1", "--kill-at", "1", "--set", "train.epochs=5",
                 "generate.images_per_class=20"], 180),
     ("bodies", ["--mib", "1"], 120),
     ("scale", ["--images", "200", "--processes", "1,2", "--train-seconds", "1"], 120),
