@@ -39,7 +39,7 @@ TINY = {
     },
     "process": {"image_size": 32, "channels": 1, "val_ratio": 0.25, "test_ratio": 0.25},
     "train": {"epochs": 8, "batch_size": 8, "learning_rate": 0.003, "num_threads": 1},
-    "evaluate": {"batch_size": 64},
+    "evaluate": {"batch_size": 64, "max_misclassified": 12, "gradcam_images": 6},
     "package": {"build": False},  # the packaging tests build bentos; nothing else needs one
 }
 STAGES = ["generate", "process", "train", "evaluate", "package"]
@@ -262,7 +262,9 @@ def clone(source: Project, dest: Path) -> Project:
     checked out and stores of its own."""
     subprocess.run(["git", "clone", "-q", str(source.root), str(dest)], check=True)
     project = Project(dest, dest.parent / f"{dest.name}-home")
-    project.dvc("cache", "dir", "--local", str(source.root / ".dvc" / "cache"))
+    # what `dvc cache dir --local` writes, without a DVC process to start
+    cache = source.root / ".dvc" / "cache"
+    (dest / ".dvc" / "config.local").write_text(f"[cache]\n    dir = {cache}\n")
     project.dvc("checkout", "-q")
     return project
 
