@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import math
+import typing as t
 
 import torch
 import torch.nn.functional as F
 
 from cnnpipe.core.params import TrainParams
 from cnnpipe.train.recipe import resolved
+
+if t.TYPE_CHECKING:
+    from torchvision.transforms import v2
 
 
 def augment(x: torch.Tensor, generator: torch.Generator, params: TrainParams) -> torch.Tensor:
@@ -70,15 +74,20 @@ class PictureAugment:
     none; v2 draws from torch's global generator, which the training seeds."""
 
     def __init__(self, params: TrainParams, image_size: int, channels: int, classes: int) -> None:
-        from torchvision.transforms import v2  # imported when needed: it doubles torch's import
+        crop_scale = resolved(params.crop_scale)
+        jitter = params.color_jitter if channels == 3 else 0.0
+        self.per_image: v2.Compose | None = None
+        self.mix: v2.RandomChoice | None = None
+        pieces_on = (crop_scale < 1.0, jitter > 0, params.auto_augment != "none")
+        if not any((*pieces_on, params.mixup > 0, params.cutmix > 0)):
+            return  # none on: torchvision, which takes the stage time to import, stays out
+        from torchvision.transforms import v2
 
         pieces: list = []
-        crop_scale = resolved(params.crop_scale)
         if crop_scale < 1.0:
             pieces.append(v2.RandomResizedCrop(image_size, scale=(crop_scale, 1.0), antialias=True))
-        if params.color_jitter > 0 and channels == 3:
-            strength = params.color_jitter
-            pieces.append(v2.ColorJitter(strength, strength, strength, hue=min(0.5, strength / 4)))
+        if jitter > 0:
+            pieces.append(v2.ColorJitter(jitter, jitter, jitter, hue=min(0.5, jitter / 4)))
         if params.auto_augment == "trivial":
             pieces.append(v2.TrivialAugmentWide())
         elif params.auto_augment == "rand":
