@@ -18,7 +18,7 @@ from cnnpipe.core import params, stage
 from cnnpipe.core.dataset import read_split
 from cnnpipe.core.outputs import atomic_path, write_json
 from cnnpipe.evaluate import figures, metrics
-from cnnpipe.model import checkpoint, familiarity
+from cnnpipe.model import checkpoint, familiarity, files
 from cnnpipe.model.inference import select_device
 from cnnpipe.tracking import Run
 
@@ -54,7 +54,7 @@ def main(processed: Path, model_file: Path, out: Path) -> None:
         )
         write_json(plots / "per_class.json", result.per_class)
 
-    run = Run.find(checkpoint.file_hash(model_file))
+    run = Run.find(files.file_hash(model_file))
     run.log_metrics(result.metrics)
     for name in (*(f"images/{image}.png" for image in FIGURES), "per_class.json"):
         run.log_artifact(out / "plots" / name, "evaluation")

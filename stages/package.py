@@ -43,7 +43,7 @@ def main(
     record_file: Path,
 ) -> None:
     p = params.load().package
-    model_hash = checkpoint.file_hash(model_file)
+    model_hash = files.file_hash(model_file)
     model, card, data = checkpoint.load(model_file)
     statistics = familiarity.from_checkpoint(data)
     card = card.model_copy(

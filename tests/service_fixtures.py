@@ -90,7 +90,7 @@ def stored_model(base: Path) -> dict:
     checkpoint.save(base / "model.pt", model, "lenet5", spec, {"best_epoch": 1, **calibrated})
     card = checkpoint.card_of(checkpoint.read(base / "model.pt")).model_copy(
         update={
-            "sha256": checkpoint.file_hash(base / "model.pt"),
+            "sha256": files.file_hash(base / "model.pt"),
             "test_metrics": TEST_METRICS,
             "git_revision": "abc123",
         }

@@ -15,7 +15,7 @@ import yaml
 from conftest import Project, serving, stages_run, tiny_params
 from packaging.requirements import Requirement
 
-from cnnpipe.model import checkpoint, files
+from cnnpipe.model import files
 from cnnpipe.serve import record
 
 pytestmark = pytest.mark.e2e
@@ -40,7 +40,7 @@ def test_the_bento_bundles_the_workspace_model_and_serves_from_an_empty_store(
     assert stages_run(workspace.dvc("repro").stdout) == ["package"]
 
     model_file = workspace.root / "models/model.pt"
-    version = checkpoint.file_hash(model_file)[:16]
+    version = files.file_hash(model_file)[:16]
     packaged = record.read(workspace.root / record.RECORD)
     assert (packaged.model, packaged.bento) == (f"cnnpipe:{version}", f"cnnpipe:{version}")
     # The checkpoint's bytes are on disk once: the workspace, DVC's cache and the store entry
@@ -90,7 +90,7 @@ def test_the_bento_bundles_the_workspace_model_and_serves_from_an_empty_store(
     assert "<h1>cnnpipe</h1>" in pages[0].text and "swagger-ui" in pages[2].text.lower()
     assert metadata["model"] == f"cnnpipe:{version}"
     assert metadata["runtime"] == "onnx" and metadata["onnx_max_difference"] <= 1e-5
-    assert metadata["sha256"] == checkpoint.file_hash(model_file)
+    assert metadata["sha256"] == files.file_hash(model_file)
     assert reply.status_code == 200 and set(reply.json()["probabilities"]) == {
         "circle",
         "square",

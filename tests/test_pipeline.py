@@ -71,7 +71,7 @@ def test_repro_runs_every_stage_and_writes_every_output(reproduced: Project):
     assert json.loads(logged.dataset.profile)["generate"]["classes"] == model["classes"]
     assert [(t.key, t.value) for t in logged.tags] == [("mlflow.data.context", "training")]
     packaged = record.read(root / record.RECORD)
-    model_hash = checkpoint.file_hash(root / "models/model.pt")
+    model_hash = files.file_hash(root / "models/model.pt")
     assert (packaged.model, packaged.bento) == (f"cnnpipe:{model_hash[:16]}", None)  # build: false
     assert packaged.sha256 == files.hashes(root / "models", files.FILES)
     assert json.loads((root / "metrics/train/metrics.json").read_text())["best_epoch"] >= 1
@@ -120,7 +120,7 @@ def test_bentoml_serve_in_the_project_root_serves_the_workspace_model(reproduced
     assert body["label"] == card.classes[test.labels[sure[0]]]
     assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
     assert metadata["model"] == record.read(reproduced.root / record.RECORD).model
-    assert metadata["sha256"] == checkpoint.file_hash(reproduced.root / "models/model.pt")
+    assert metadata["sha256"] == files.file_hash(reproduced.root / "models/model.pt")
     assert (metadata["temperature"], metadata["threshold"]) == (card.temperature, card.threshold)
     assert metadata["data_hash"] == card.data_hash
     cli = "from cnnpipe.cli import main; main()"

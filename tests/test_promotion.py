@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from urllib.parse import urlparse
@@ -20,7 +21,7 @@ from conftest import Project
 from cnnpipe import gate
 from cnnpipe.core.dataset import read_split
 from cnnpipe.core.errors import CnnpipeError
-from cnnpipe.model import checkpoint, files
+from cnnpipe.model import files
 from cnnpipe.serve import record
 from cnnpipe.tracking import CHAMPION, MODEL_HASH_TAG, REGISTERED_MODEL, Run
 
@@ -35,7 +36,7 @@ def test_the_package_stage_registers_the_model_of_the_training_run(
     uri = f"sqlite:///{reproduced.root / 'mlflow.db'}"
     client = mlflow.MlflowClient(uri)
     model_file = reproduced.root / "models/model.pt"
-    model_hash = checkpoint.file_hash(model_file)
+    model_hash = files.file_hash(model_file)
     versions = client.search_model_versions(f"name = '{REGISTERED_MODEL}'")
     assert [(str(v.version), v.tags[MODEL_HASH_TAG]) for v in versions] == [("1", model_hash)]
     training = client.get_run(versions[0].run_id)
@@ -69,7 +70,7 @@ def test_a_passing_gate_promotes_the_packaged_version_and_champion_loads(
     shutil.copy(reproduced.root / "mlflow.db", workspace.root / "mlflow.db")
     uri = f"sqlite:///{workspace.root / 'mlflow.db'}"
     client = mlflow.MlflowClient(uri)
-    model_hash = checkpoint.file_hash(workspace.root / "models/model.pt")
+    model_hash = files.file_hash(workspace.root / "models/model.pt")
     packaged = record.read(workspace.root / record.RECORD)
     assert packaged.registered is not None
     # Someone with write access registers other files as a newer version of the same run and
@@ -116,3 +117,14 @@ def test_a_passing_gate_promotes_the_packaged_version_and_champion_loads(
     probabilities = champion.predict({"images": np.array(test.images)})["probabilities"]
     predicted = probabilities.argmax(1)  # the whole split in one batch
     assert float((predicted == test.labels).mean()) == pytest.approx(measured["test_accuracy"])
+
+
+def test_the_gate_and_the_report_load_neither_torch_nor_mlflow_to_start():
+    """A CI step: seconds of torch's import each, for a table of numbers (MLflow is imported
+    only to promote)."""
+    code = (
+        "import sys; import cnnpipe.gate, cnnpipe.report; "
+        "print(sorted({'torch', 'mlflow', 'matplotlib'} & set(sys.modules)))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "[]", result.stderr

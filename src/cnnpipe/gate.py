@@ -16,8 +16,7 @@ from pathlib import Path
 
 from cnnpipe import tracking
 from cnnpipe.core.errors import CnnpipeError
-from cnnpipe.model.checkpoint import file_hash
-from cnnpipe.model.files import MODEL_FILE
+from cnnpipe.model.files import MODEL_FILE, file_hash
 from cnnpipe.serve import record
 
 

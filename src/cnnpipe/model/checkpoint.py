@@ -5,7 +5,6 @@ A plain dict of tensors, strings and numbers, so `torch.load(path, weights_only=
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
@@ -46,12 +45,3 @@ def load(path: Path) -> tuple[nn.Module, ModelCard, dict]:
     model = registry.build(card.architecture, card.channels, len(card.classes), card.image_size)
     model.load_state_dict(data["state_dict"])
     return model.eval(), card, data
-
-
-def file_hash(path: Path) -> str:
-    """sha256 of a file's bytes: the model's identity in MLflow and BentoML."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

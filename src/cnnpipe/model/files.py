@@ -34,13 +34,15 @@ def place(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
+def file_hash(path: Path) -> str:
+    """sha256 of a file's bytes: the model's identity in MLflow and BentoML."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def hashes(folder: Path, names: Iterable[str] | None = None) -> dict[str, str]:
     """{name: sha256} of the named files in `folder`; without names, of every file under it
     (by its POSIX path relative to the folder)."""
     if names is None:
         names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-    digests = {}
-    for name in names:
-        with open(folder / name, "rb") as f:
-            digests[name] = hashlib.file_digest(f, "sha256").hexdigest()
-    return digests
+    return {name: file_hash(folder / name) for name in names}

@@ -17,7 +17,7 @@ from cnnpipe.core.dataset import InputSpec, dvc_hash, read_spec, read_split
 from cnnpipe.core.errors import CnnpipeError
 from cnnpipe.core.outputs import atomic_path
 from cnnpipe.core.params import TrainParams
-from cnnpipe.model import checkpoint, registry
+from cnnpipe.model import checkpoint, files, registry
 from cnnpipe.model.calibration import Calibration, calibrate
 from cnnpipe.tracking import MODEL_HASH_TAG, Run, data_params, dvc_tags, flatten, pipeline_params
 from cnnpipe.train import recipe, resume, warm_start
@@ -266,7 +266,7 @@ def _log_result(run: Run, result: FitResult, model_file: Path, parameters: int) 
     """The run's summary and the model's hash, the tag that links the package stage's
     registration and the evaluation to this run (the model itself is registered by the package
     stage, as ONNX)."""
-    model_hash = checkpoint.file_hash(model_file)
+    model_hash = files.file_hash(model_file)
     run.set_tags({MODEL_HASH_TAG: model_hash, "cnnpipe.best_weights": result.best_weights})
     run.log_metrics(
         {
