@@ -7,7 +7,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from sklearn.covariance import LedoitWolf
 
 from cnnpipe.core.dataset import InputSpec
 from cnnpipe.model import calibration, checkpoint, export, familiarity, files, registry
@@ -30,6 +29,8 @@ def clusters(n: int, seed: int, offset: float = 0.0) -> tuple[np.ndarray, np.nda
 
 
 def test_the_distance_is_the_mahalanobis_distance_to_the_nearest_class():
+    from sklearn.covariance import LedoitWolf  # seconds to import: only where it is used
+
     train, labels = clusters(400, seed=0)
     stats = familiarity.fit(train, labels, CLASSES, ["head"])
     means = np.stack([train[labels == c].mean(0) for c in range(CLASSES)])
