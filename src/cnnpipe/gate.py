@@ -9,9 +9,6 @@ package stage recorded it registered (models/package.json), once its run and fil
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 from cnnpipe import tracking
@@ -21,15 +18,17 @@ from cnnpipe.serve import record
 
 
 def metrics_diff(rev: str) -> dict:
-    """`dvc metrics diff REV --json`: {file: {metric: {"old", "new", "diff"}}}."""
-    out = subprocess.run(
-        [sys.executable, "-m", "dvc", "metrics", "diff", rev, "--json", "--all"],
-        capture_output=True,
-        text=True,
-    )
-    if out.returncode != 0:
-        raise SystemExit(f"error: dvc metrics diff {rev} failed: {out.stderr.strip()}")
-    return json.loads(out.stdout or "{}")
+    """The workspace's metrics against `rev`, unchanged ones included, as `dvc metrics diff REV
+    --json --all` prints them: {file: {metric: {"old", "new", "diff"}}}. Through DVC's Python
+    API, in this process: a second less than starting `dvc`."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    try:
+        with Repo() as repo:
+            return repo.metrics.diff(a_rev=rev, all=True).get("diff", {})
+    except DvcException as exc:
+        raise SystemExit(f"error: dvc metrics diff {rev} failed: {exc}") from None
 
 
 def table(diff: dict) -> str:
