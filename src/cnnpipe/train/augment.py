@@ -78,8 +78,8 @@ class PictureAugment:
         jitter = params.color_jitter if channels == 3 else 0.0
         self.per_image: v2.Compose | None = None
         self.mix: v2.RandomChoice | None = None
-        pieces_on = (crop_scale < 1.0, jitter > 0, params.auto_augment != "none")
-        if not any((*pieces_on, params.mixup > 0, params.cutmix > 0)):
+        mixing = params.mixup > 0 or params.cutmix > 0
+        if crop_scale >= 1.0 and jitter == 0 and params.auto_augment == "none" and not mixing:
             return  # none on: torchvision, which takes the stage time to import, stays out
         from torchvision.transforms import v2
 
