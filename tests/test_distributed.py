@@ -1,10 +1,10 @@
 """Training in several processes: torchrun's environment, the batch split, and two gloo processes
-through the params switch and through torchrun, on tiny params."""
+through the params switch (killed with SIGKILL and resumed) and through torchrun, on tiny
+params."""
 
 from __future__ import annotations
 
 import hashlib
-import os
 import sqlite3
 import subprocess
 import sys
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, Project, clone, free_port, run_stage, tiny_params
+from conftest import Project, clone, run_stage, tiny_params
 
 from cnnpipe.core.dataset import read_split
 from cnnpipe.core.errors import CnnpipeError
@@ -22,7 +22,7 @@ from cnnpipe.model import checkpoint
 from cnnpipe.train import distributed
 from cnnpipe.train.distributed import ProcessRank
 
-EPOCHS = 3
+EPOCHS = 4  # killed during epoch 2: two epochs left to resume
 
 
 def test_global_batch_must_split_evenly_over_processes():
@@ -50,56 +50,6 @@ def mlflow_runs(project: Project) -> int:
         return db.execute("select count(*) from runs").fetchone()[0]
 
 
-@pytest.fixture(scope="module")
-def ddp_project(reproduced: Project, tmp_path_factory) -> Project:
-    """One clone for the module's training runs: its MLflow store is created once."""
-    return clone(reproduced, tmp_path_factory.mktemp("distributed") / "repo")
-
-
-@pytest.mark.e2e
-def test_two_processes_by_params_and_by_torchrun(ddp_project: Project):
-    project = ddp_project
-    project.write_params(tiny_params(train={"nproc": 2, "epochs": EPOCHS}))
-    output = project.dvc("repro", "train").stdout
-    assert "starting 2 processes" in output and "on 2 processes on cpu" in output
-    assert output.count("train: epoch 1/") == 1  # only rank 0 reports
-    data = torch.load(project.root / "models/model.pt", weights_only=True)
-    assert data["architecture"] == "lenet5" and data["params"]["nproc"] == 2
-    assert not any(key.startswith("module.") for key in data["state_dict"])
-    rows = (project.root / "metrics/train/plots/metrics/val_accuracy.tsv").read_text()
-    assert len(rows.splitlines()) == 1 + EPOCHS  # one dvclive writer: no doubled rows
-    assert mlflow_runs(project) == 1
-    by_params = data["state_dict"]
-
-    # Started by torchrun directly, with the stage's own command line: a normal model.
-    project.write_params(tiny_params(train={"epochs": EPOCHS}))
-    model_file = project.root / "models/model.pt"
-    model_file.unlink()
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    args = ["data/processed", "models/model.pt", "metrics/train"]
-    result = project.run(*torchrun, "--nproc_per_node", "2", "stages/train.py", *args)
-    assert "on 2 processes on cpu" in result.stdout
-    model, card, data = checkpoint.load(model_file)
-    assert data["params"]["nproc"] == 1  # torchrun, not the params switch, started the processes
-    # The promise of a DDP run: the same process count gives the same weights, however started.
-    assert all(torch.equal(by_params[k], v) for k, v in data["state_dict"].items())
-    assert card.best_epoch in range(1, EPOCHS + 1)
-    test = read_split(project.root / "data/processed", "test")
-    scored = metrics.evaluate(model, test, card, torch.device("cpu"), 64)
-    assert len(scored.y_pred) == len(test.labels)
-    assert mlflow_runs(project) == 2
-
-
-def test_a_batch_that_does_not_split_over_the_processes_stops_with_one_line(tmp_path):
-    params = tiny_params(train={"nproc": 2, "batch_size": 15})
-    result = run_stage("train", params, tmp_path, "processed", "model.pt", "live")
-    assert result.returncode == 2
-    assert result.stderr.strip().count("\n") == 0, result.stderr
-    assert "train.batch_size 15" in result.stderr
-    assert "multiple of the process count" in result.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
-
-
 def children(pid: int) -> set[int]:
     found = set()
     for task in Path(f"/proc/{pid}/task").iterdir():
@@ -124,15 +74,11 @@ def contents(root: Path, *folders: str) -> dict[str, str]:
     }
 
 
-@pytest.mark.e2e
-@pytest.mark.skipif(sys.platform != "linux", reason="parent-death signal and /proc are Linux's")
-def test_kill_9_of_the_launcher_leaves_no_worker_and_changes_no_output(ddp_project: Project):
+def kill_9_during_epoch_2(project: Project) -> None:
     """What the OOM killer does to `train.nproc: 2`: the launcher dies with SIGKILL while its
     two DDP workers train. Both stop within 10 s (rank 0 cleanly: its MLflow run is closed as
     KILLED, its temporary outputs removed) and no output changes; the state of their last
     complete epoch stays, with both processes' generators."""
-    project = ddp_project
-    project.write_params(tiny_params(train={"nproc": 2, "epochs": 10_000}))
     before = contents(project.root, "data", "models", "metrics")
     git_status = project.run("git", "status", "--porcelain").stdout
     launcher = subprocess.Popen(
@@ -161,73 +107,63 @@ def test_kill_9_of_the_launcher_leaves_no_worker_and_changes_no_output(ddp_proje
     assert not list((project.root / ".dvc/tmp/cnnpipe").glob(".*.tmp-*"))
     (state,) = (project.root / ".dvc/tmp/cnnpipe/resume").iterdir()  # what a re-run goes on from
     saved = torch.load(state, weights_only=True)
-    assert saved["epoch"] >= 2 and len(saved["rng"]) == 2
+    assert 2 <= saved["epoch"] < EPOCHS
+    # rank 0 keeps every process's generators: each samples its own augmentations
+    rngs = saved["rng"]
+    assert len(rngs) == 2 and not torch.equal(rngs[0]["loop"], rngs[1]["loop"])
     with sqlite3.connect(project.root / "mlflow.db") as db:
         latest = db.execute("select status from runs order by start_time desc").fetchone()
     assert latest == ("KILLED",)
 
 
-# Two gloo processes: a fit that keeps the state of its epoch 2 as the train stage keeps it, and
-# a fit resumed from that state; each prints the md5 of its weights.
-RESUME = """
-import hashlib, sys
-from pathlib import Path
-import torch
-from test_loop import toy_split, train_params
-from cnnpipe.model import registry
-from cnnpipe.train import distributed, loop, resume
+@pytest.mark.e2e
+@pytest.mark.skipif(sys.platform != "linux", reason="parent-death signal and /proc are Linux's")
+def test_two_processes_by_params_killed_resumed_and_by_torchrun_train_the_same_bits(
+    reproduced: Project, tmp_path
+):
+    """Two gloo processes started by the params switch, killed with SIGKILL during epoch 2 and
+    resumed by `dvc repro`, end with the weights of two processes that torchrun started and
+    nothing stopped: the same process count gives the same weights, however started and however
+    often stopped."""
+    project = clone(reproduced, tmp_path / "repo")
+    # augmentations and EMA on: the state to resume holds their generators and averages
+    project.write_params(tiny_params(train={"nproc": 2, "epochs": EPOCHS, "ema_decay": 0.9}))
+    kill_9_during_epoch_2(project)
+    output = project.dvc("repro", "train").stdout
+    assert "starting 2 processes" in output and "on 2 processes on cpu" in output
+    assert "train: resuming from epoch " in output
+    assert output.count(f"train: epoch {EPOCHS}/") == 1  # only rank 0 reports
+    data = torch.load(project.root / "models/model.pt", weights_only=True)
+    assert data["architecture"] == "lenet5" and data["params"]["nproc"] == 2
+    assert not any(key.startswith("module.") for key in data["state_dict"])
+    rows = (project.root / "metrics/train/plots/metrics/val_accuracy.tsv").read_text()
+    assert len(rows.splitlines()) == 1 + EPOCHS  # one dvclive writer: no doubled rows
+    assert mlflow_runs(project) == 1  # the killed run, reopened and finished
+    by_params = data["state_dict"]
 
-def fit(p, rank, **kw):
-    loop.make_deterministic(p.seed, 1)
-    model = registry.build("lenet5", 1, 2, 32)
-    train, val = toy_split(40, 0), toy_split(12, 1)
-    model, _ = loop.fit(model, train, val, [0.5], [0.3], p, torch.device("cpu"), rank=rank, **kw)
-    weights = b"".join(v.numpy().tobytes() for v in model.state_dict().values())
-    return hashlib.md5(weights).hexdigest()
-
-def keep_epoch_2(state):
-    if state["epoch"] == 2:
-        states.save(state)
-
-with distributed.joined("cpu") as (rank, device):
-    p = train_params(epochs=4, augment=True, erase=0.5, ema_decay=0.9)
-    states = resume.EpochStates(Path(sys.argv[1]) if rank.is_main else None, rank)
-    whole = fit(p, rank, save_state=keep_epoch_2)
-    saved = states.load()
-    torch.manual_seed(1234)
-    resumed = fit(p, rank, resume_from=saved)
-    print(rank.rank, saved["epoch"], whole, resumed, flush=True)
-"""
+    # Started by torchrun directly, with the stage's own command line: a normal model.
+    project.write_params(tiny_params(train={"epochs": EPOCHS, "ema_decay": 0.9}))
+    model_file = project.root / "models/model.pt"
+    model_file.unlink()
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    args = ["data/processed", "models/model.pt", "metrics/train"]
+    result = project.run(*torchrun, "--nproc_per_node", "2", "stages/train.py", *args)
+    assert "on 2 processes on cpu" in result.stdout
+    model, card, data = checkpoint.load(model_file)
+    assert data["params"]["nproc"] == 1  # torchrun, not the params switch, started the processes
+    assert all(torch.equal(by_params[k], v) for k, v in data["state_dict"].items())
+    assert card.best_epoch in range(1, EPOCHS + 1)
+    test = read_split(project.root / "data/processed", "test")
+    scored = metrics.evaluate(model, test, card, torch.device("cpu"), 64)
+    assert len(scored.y_pred) == len(test.labels)
+    assert mlflow_runs(project) == 2
 
 
-def test_two_processes_resume_from_a_saved_epoch_to_the_same_bits(tmp_path):
-    """Rank 0 writes one state holding every process's generators (each samples its own
-    augmentations); each process gets its own back, and both end with the uninterrupted
-    weights."""
-    script, state = tmp_path / "resume.py", tmp_path / "state.pt"
-    script.write_text(RESUME)
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO / "tests")]),
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(free_port()),
-        "WORLD_SIZE": "2",
-        "OMP_NUM_THREADS": "1",
-    }
-    workers = [
-        subprocess.Popen(
-            [sys.executable, str(script), str(state)],
-            env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for rank in range(2)
-    ]
-    outputs = [worker.communicate(timeout=120) for worker in workers]
-    assert all(w.returncode == 0 for w in workers), outputs
-    lines = sorted(out.split() for out, _ in outputs)
-    assert [line[:2] for line in lines] == [["0", "2"], ["1", "2"]]
-    assert all(whole == resumed for _, _, whole, resumed in lines), lines
-    rngs = torch.load(state, weights_only=True)["rng"]
-    assert len(rngs) == 2 and not torch.equal(rngs[0]["loop"], rngs[1]["loop"])
+def test_a_batch_that_does_not_split_over_the_processes_stops_with_one_line(tmp_path):
+    params = tiny_params(train={"nproc": 2, "batch_size": 15})
+    result = run_stage("train", params, tmp_path, "processed", "model.pt", "live")
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert "train.batch_size 15" in result.stderr
+    assert "multiple of the process count" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
