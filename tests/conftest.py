@@ -25,6 +25,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
+shared_temp = Path(tempfile.gettempdir())  # the run's folder for every process: isolated_stores
 
 # Small enough that the whole pipeline runs in seconds, clean enough that a few epochs learn it.
 TINY = {
@@ -331,11 +332,31 @@ def copy_project(dest: Path, home: Path, params: dict | None = None) -> Project:
     return project
 
 
+def empty_mlflow_store(folder: Path) -> Path:
+    """An MLflow store as MLflow creates it on first use (every migration applied, nothing in
+    it), made once for the whole run under a file lock: a clone starts from a copy of it rather
+    than migrating its own (two seconds of CPU in the first stage that tracks)."""
+    from filelock import FileLock
+
+    store = folder / "empty-mlflow.db"
+    with FileLock(str(folder / "empty-mlflow.lock")):
+        if not store.exists():
+            import mlflow
+
+            scratch = folder / f"empty-mlflow-{os.getpid()}.db"
+            scratch.unlink(missing_ok=True)
+            mlflow.MlflowClient(f"sqlite:///{scratch}").search_experiments()
+            scratch.rename(store)
+    return store
+
+
 def clone(source: Project, dest: Path) -> Project:
     """A git clone of a project that shares its DVC cache (run-cache included), with its outputs
-    checked out and stores of its own."""
+    checked out and stores of its own (its MLflow store migrated, empty: the project's first
+    run, a fresh copy's, migrates its own)."""
     subprocess.run(["git", "clone", "-q", str(source.root), str(dest)], check=True)
     project = Project(dest, dest.parent / f"{dest.name}-home")
+    shutil.copy(empty_mlflow_store(shared_temp), dest / "mlflow.db")
     # what `dvc cache dir --local` writes, without a DVC process to start
     cache = source.root / ".dvc" / "cache"
     (dest / ".dvc" / "config.local").write_text(f"[cache]\n    dir = {cache}\n")
@@ -357,8 +378,9 @@ def run_stage(name: str, params: dict, cwd: Path, *paths: str) -> subprocess.Com
     )
 
 
-# the longest modules (their experiments): each starts first in its group, so as not to end last
-LONGEST = ("test_queue.py", "test_experiments.py")
+# the longest modules (the experiment, the DDP runs): each starts first in its group, so as not
+# to end last
+LONGEST = ("test_experiments.py", "test_distributed.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -383,8 +405,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def isolated_stores(tmp_path_factory) -> Iterator[None]:
-    """Keep this process's BentoML store and MLflow runs out of the user's home and project."""
+def isolated_stores(tmp_path_factory, worker_id: str) -> Iterator[None]:
+    """Keep this process's BentoML store and MLflow runs out of the user's home and project;
+    note the folder that every pytest-xdist process of the run shares."""
+    global shared_temp
+    temp = tmp_path_factory.getbasetemp()
+    shared_temp = temp if worker_id == "master" else temp.parent
     home = tmp_path_factory.mktemp("stores")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("BENTOML_HOME", str(home / "bentoml"))
@@ -406,17 +432,15 @@ def mlflow_uri_restored() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def reproduced(tmp_path_factory, worker_id: str) -> Project:
+def reproduced() -> Project:
     """The project with tiny params after `dvc repro` (committed, dvc.lock included). Read it
     only: tests that change things work in a `workspace`. One for the whole run: the first
     pytest-xdist process to need it builds it, under a file lock, and the others wait for it
     (building one per process cost each ~40 s of CPU that the other processes needed)."""
     from filelock import FileLock
 
-    temp = tmp_path_factory.getbasetemp()
-    shared = temp if worker_id == "master" else temp.parent
-    base, output = shared / "reproduced", shared / "reproduced-output.txt"
-    with FileLock(str(shared / "reproduced.lock")):
+    base, output = shared_temp / "reproduced", shared_temp / "reproduced-output.txt"
+    with FileLock(str(shared_temp / "reproduced.lock")):
         if not output.exists():
             shutil.rmtree(base, ignore_errors=True)  # a build a killed process left
             project = copy_project(base / "repo", base, tiny_params())
