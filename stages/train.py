@@ -17,11 +17,13 @@ import sys
 from pathlib import Path
 
 from cnnpipe.core import params, stage
-from cnnpipe.train import distributed, session
 
 
 def main(processed: Path, model_file: Path, live_dir: Path) -> None:
     p = params.load().train
+    # torch loads once the params are known good: a mistyped value stops the stage in a second
+    from cnnpipe.train import distributed, session
+
     kernels.verify(p.determinism)
     session.check(p)  # bad values stop it here, before any process starts
     if p.nproc > 1 and not distributed.launched_by_torchrun():

@@ -15,8 +15,10 @@ import pytest
 import torch
 from conftest import Project, clone, run_stage, tiny_params
 
+from cnnpipe.core import params
 from cnnpipe.core.dataset import read_split
 from cnnpipe.core.errors import CnnpipeError
+from cnnpipe.core.params import ParamsError
 from cnnpipe.evaluate import metrics
 from cnnpipe.model import checkpoint
 from cnnpipe.train import distributed
@@ -28,7 +30,10 @@ EPOCHS = 4  # killed during epoch 2: two epochs left to resume
 def test_global_batch_must_split_evenly_over_processes():
     assert distributed.per_process_batch(64, 4) == 16
     with pytest.raises(CnnpipeError, match="multiple of the process count"):
-        distributed.per_process_batch(10, 4)
+        distributed.per_process_batch(10, 4)  # torchrun's process count, which params lack
+    with pytest.raises(ParamsError, match="train: batch_size 10 does not split evenly over nproc"):
+        params.parse({"train": {"nproc": 4, "batch_size": 10}})
+    assert params.parse({"train": {"nproc": 4, "batch_size": 12}}).train.nproc == 4
 
 
 def test_the_rank_comes_from_torchrun_environment(monkeypatch):
@@ -160,10 +165,11 @@ def test_two_processes_by_params_killed_resumed_and_by_torchrun_train_the_same_b
 
 
 def test_a_batch_that_does_not_split_over_the_processes_stops_with_one_line(tmp_path):
-    params = tiny_params(train={"nproc": 2, "batch_size": 15})
+    params = tiny_params(train={"nproc": 2})
+    params["train"]["batch_size"] = 15  # as a user writes it: tiny_params would refuse it
     result = run_stage("train", params, tmp_path, "processed", "model.pt", "live")
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0, result.stderr
-    assert "train.batch_size 15" in result.stderr
+    assert "train: batch_size 15 does not split evenly over nproc 2" in result.stderr
     assert "multiple of the process count" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]

@@ -158,6 +158,16 @@ class TrainParams(Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _batch_splits(self) -> TrainParams:
+        """batch_size is the global batch: each of the nproc processes takes an equal part."""
+        if self.batch_size % self.nproc:
+            raise ValueError(
+                f"batch_size {self.batch_size} does not split evenly over nproc {self.nproc} "
+                "processes; set a batch size that is a multiple of the process count"
+            )
+        return self
+
 
 class EvaluateParams(Section):
     """What the evaluation reports."""
