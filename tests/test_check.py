@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -45,7 +44,7 @@ def test_a_bad_value_stops_the_pipeline_before_any_output_is_removed(workspace: 
             edited = tiny_params()
             edited["process"]["image_size"] = 16
             project.write_params(edited)
-        result = project.run(sys.executable, "-m", "dvc", *command, check=False)
+        result = project.dvc(*command, check=False)
         assert result.returncode != 0, command
         ours = [line for line in result.stderr.splitlines() if line.startswith("error:")]
         assert len(ours) == 1 and expected in ours[0], result.stderr
