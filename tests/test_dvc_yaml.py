@@ -71,6 +71,8 @@ DEFERRED_IMPORTS = {
     ("src/cnnpipe/serve/runtime.py", "__init__"),
     # captum and matplotlib load on a worker's first /explain only
     ("src/cnnpipe/serve/runtime.py", "explain"),
+    # torch loads once the params are known good: a bad value fails the stage in a second
+    ("stages/train.py", "main"),
 }
 
 
