@@ -15,7 +15,6 @@ from cnnpipe.core import kernels
 os.environ.update(kernels.inference_environment())
 
 import json
-import sys
 import tempfile
 from pathlib import Path
 
@@ -119,8 +118,3 @@ def main(
 
 if __name__ == "__main__":
     stage.run(main)
-    # Every output is renamed into place and every store updated: the interpreter's teardown of
-    # torch, onnxruntime, MLflow and BentoML (seconds) would do nothing the stage needs.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
