@@ -13,6 +13,7 @@ requirements, and one hashed line would make pip require a hash of every line.
 from __future__ import annotations
 
 import ast
+import functools
 import importlib.metadata
 import os
 import re
@@ -69,10 +70,17 @@ def pins(lock: str) -> list[Pin]:
     return found
 
 
+@functools.cache
+def _providers() -> dict[str, list[str]]:
+    """{top-level module: the installed distributions providing it}: a read of every installed
+    distribution's file list (a second or two), once per process."""
+    return dict(importlib.metadata.packages_distributions())
+
+
 def imported_distributions(sources: Iterable[Path]) -> set[str]:
     """The installed distributions whose top-level modules these files import (cnnpipe's own and
     the standard library's left out)."""
-    providers = importlib.metadata.packages_distributions()
+    providers = _providers()
     names: set[str] = set()
     for source in sources:
         for node in ast.walk(ast.parse(source.read_text(), str(source))):
