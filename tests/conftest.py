@@ -174,7 +174,10 @@ def server_process(cwd: Path, env: dict, *args: str, timeout: float = 90) -> Ite
 
 @contextmanager
 def serving(cwd: Path, env: dict, *args: str, timeout: float = 90) -> Iterator[str]:
-    """`bentoml serve [args]` on a free loopback port, until it answers /readyz; yields its URL."""
+    """`bentoml serve [args]` on a free loopback port, until it answers /readyz; yields its URL.
+    One worker unless `env` says otherwise: these servers answer a request or two (the workers'
+    defaults are test_server.py's)."""
+    env = {"CNNPIPE_WORKERS": "1", **env}
     with server_process(cwd, env, *args, timeout=timeout) as server:
         yield server.url
 
