@@ -21,7 +21,7 @@ from cnnpipe.model import checkpoint, files, registry
 from cnnpipe.model.calibration import Calibration, calibrate
 from cnnpipe.tracking import MODEL_HASH_TAG, Run, data_params, dvc_tags, flatten, pipeline_params
 from cnnpipe.train import recipe, resume, warm_start
-from cnnpipe.train.distributed import ProcessRank, per_process_batch
+from cnnpipe.train.distributed import ProcessRank
 from cnnpipe.train.loop import EpochMetrics, FitResult, fit, make_deterministic
 
 
@@ -48,8 +48,8 @@ def model_input(p: TrainParams, spec: InputSpec) -> InputSpec:
 
 
 def check(p: TrainParams) -> None:
-    """What can be checked before any process starts or any output is written."""
-    per_process_batch(p.batch_size, p.nproc)
+    """What can be checked before any process starts or any output is written, beyond what
+    params.yaml's schema checks (train.batch_size over train.nproc among it)."""
     if starts_from_checkpoint(p):
         warm_start.read_weights(Path(p.init_from), p.model)
 
